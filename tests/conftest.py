@@ -9,6 +9,11 @@ import zlib
 import pytest
 import torch
 
+import kernels  # noqa: F401  (first: it turns on Triton's interpreter before anything imports triton)
+
+# The tests' tensors are small: one thread is faster than two fighting over a shared core.
+torch.set_num_threads(1)
+
 # One seed per session: a new one each run unless LOSSBENCH_SEED pins it to replay a failure.
 SESSION_SEED = int(os.environ.get("LOSSBENCH_SEED", random.randrange(2**31)))
 
@@ -29,4 +34,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _seed_each_test(request: pytest.FixtureRequest) -> None:
     """Seed torch per test from the session seed and the test's id: fresh inputs, replayable."""
-    torch.manual_seed(SESSION_SEED ^ zlib.crc32(request.node.nodeid.encode()))
+    seed = SESSION_SEED ^ zlib.crc32(request.node.nodeid.encode())
+    # Not torch.manual_seed: on a machine without a GPU it walks the lazy CUDA/XPU/MTIA seeding
+    # queues and formats a stack trace for each, a measurable cost per test.
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
