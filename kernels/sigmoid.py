@@ -1,0 +1,688 @@
+"""Fused Triton sigmoid losses: BCE with logits and sigmoid focal loss, forward and backward.
+
+Same names and semantics as reference/sigmoid.py (read the two side by side):
+``binary_cross_entropy_with_logits`` (torch's function, with ``weight`` and ``pos_weight``),
+``sigmoid_focal_loss`` (``torchvision.ops.sigmoid_focal_loss``) and their modules. Both losses
+are elementwise, so one kernel streams the flattened input once, with sigma = sigmoid and
+sp = softplus::
+
+    BCE:   loss = w * [(1 - t) * sp(x) + pw * t * sp(-x)]
+    focal: loss = a_t * ce * m ** gamma,   ce = (1 - t) * sp(x) + t * sp(-x),
+           m = 1 - p_t = t * sigma(-x) + (1 - t) * sigma(x),   a_t = alpha t + (1 - alpha)(1 - t)
+
+How the reductions move memory (the whole point of fusing):
+
+* ``"mean"`` / ``"sum"``: one pass. When a gradient is wanted, the forward kernel already writes
+  it (as if the upstream gradient were 1, times 1/numel for "mean") while it sums the loss, so
+  forward + backward reads the inputs once and writes the gradient once. Backward only multiplies
+  it by the upstream gradient, in place and without a host sync (``scale_unless_one_``: no traffic
+  when that gradient is 1, as ``loss.backward()`` passes). Extra memory: the gradient and one fp32
+  partial sum per program (numel / 2048 of them: 0.05 % of an fp32 gradient). Such a graph can be
+  differentiated once: a second backward (``retain_graph=True``) raises ``RuntimeError``. The
+  gradient is written whenever grad mode is on and the input requires grad, whether or not
+  backward follows: evaluate under ``torch.no_grad()`` to read the inputs only.
+* ``"none"``: forward writes the elementwise loss; backward recomputes from the saved input and
+  target and the upstream gradient (read x, t, upstream; write the gradient), so nothing is kept
+  between the passes but the inputs themselves. An upstream gradient that is one value expanded
+  to the input's shape (``loss.sum().backward()``) is read as that one value.
+
+Bytes per element (X = input: 4 fp32, 2 fp16/bf16; T = target: 4 fp32, 2 fp16/bf16, 1 bool or
+uint8; L = loss, in the loss dtype; G = gradient = X)::
+
+    mean / sum, forward only          X + T                    bf16 + uint8: 3 B    fp32: 8 B
+    mean / sum, forward + backward    X + T + G                bf16 + uint8: 5 B    fp32: 12 B
+    none, forward only                X + T + L                bf16 + uint8: 5 B    fp32: 12 B
+    none, forward + backward          2X + 2T + L + G + L(up)  bf16 + uint8: 12 B   fp32: 28 B
+
+A bool or uint8 target (multi-label targets are 0/1) reads 1 byte per element instead of 2 or 4:
+for bf16 logits that is 5 instead of 6 bytes per element forward+backward (-17 %), against fp32
+targets 5 instead of 8 (-37 %); fp32 logits with bool targets move 9 instead of 12 (-25 %).
+Adding a target gradient (a float target that requires grad) writes T more per element.
+
+Weights: ``weight`` and ``pos_weight`` that repeat with a simple period over the flattened input
+((C,) over the last dimension, (N, 1) per row, (1, C, 1, 1) per channel, a scalar, or the full
+shape) are read in place by index arithmetic; the repeating ones stay in cache (no traffic per
+element), a full-shape one is read once (+ W per element, W its element size). Any other
+broadcast (or a full-shape weight that is not contiguous) is materialised at the input's shape
+first: + 3 W per element (the copy written, then read by the kernel, plus W for a non-contiguous
+source read). A non-contiguous input or target is copied to a contiguous one first: + 2 X or
++ 2 T per element.
+
+Dtypes: logits fp32, fp16 or bf16; arithmetic in fp32; the input gradient in the input's dtype.
+Targets: any float dtype (soft targets welcome), bool, or uint8 (read as its numeric value, as
+``target.float()`` would be: 0/1 labels expected; a check would need a host sync). The loss
+dtype is torch's: the target's dtype for BCE with a float target (torch computes in place in a
+tensor of that dtype) and ``torch.result_type(input, target)`` for focal; the input's dtype for
+a bool or uint8 target, which torch does not accept at all.
+
+Gradients: d loss / d input, first order only (``create_graph=True`` raises). A float target that
+requires grad gets d loss / d target too (knowledge distillation with soft targets); ``weight``
+or ``pos_weight`` that require grad raise ``NotImplementedError`` before any launch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor, nn
+
+from kernels._common import REDUCTION_CODES, check_kernel_device, scale_unless_one_
+from reference._checks import (
+    check_broadcasts_to,
+    check_floating,
+    check_reduction,
+    check_sigmoid_focal_options,
+)
+
+# Elements per program. num_warps=8 gives 256 threads x 8 elements: one 16-byte load per thread
+# of bf16 logits and of a bf16 target (the width of the widest global load), few enough live fp32
+# values per element (the focal path keeps about ten) for several programs per SM to overlap
+# their memory latency, and numel / 2048 partial sums for "mean" and "sum".
+BLOCK = 2048
+NUM_WARPS = 8
+
+# Integer gammas up to this value are compile-time constants: (1 - p_t) ** 2 (the default) costs
+# one multiply instead of a log2 and an exp2, which matters where the kernel must stay memory-bound.
+MAX_CONSTANT_GAMMA = 4
+
+INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INTEGER_TARGET_DTYPES = (torch.bool, torch.uint8)
+
+# Broadcast weights are indexed in int32 within one period (see _load_broadcast): the period span
+# plus one block must stay below 2^31.
+INT32_INDEX_LIMIT = 2**31 - BLOCK
+
+
+@triton.jit
+def _load_broadcast(
+    pointer, offsets, mask, block_start, inner, period, BROADCAST: tl.constexpr, BLOCK: tl.constexpr
+):
+    """Load a weight for each flattened input offset, as fp32.
+
+    BROADCAST: the weight holds ``period`` values, each repeated for ``inner`` consecutive input
+    elements, the whole pattern repeated along the input: value (i // inner) % period. One int64
+    modulo per program brings the block's phase into [0, inner * period), so the per-element
+    index arithmetic runs in int32 (the launcher guarantees inner * period + BLOCK < 2^31).
+    Otherwise the weight is laid out like the flattened input: value i.
+    """
+    if BROADCAST:
+        phase = (block_start % (inner * period)).to(tl.int32)
+        index = ((phase + tl.arange(0, BLOCK)) // inner) % period
+    else:
+        index = offsets
+    return tl.load(pointer + index, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _sigmoid_loss_kernel(
+    input_ptr,  # (n_elements,) logits, fp32/fp16/bf16
+    target_ptr,  # (n_elements,) targets: any float dtype, or uint8 (bool targets viewed as uint8)
+    weight_ptr,  # weight, any float dtype: (period,) pattern or (n_elements,); None without
+    pos_weight_ptr,  # pos_weight, any float dtype, laid out like weight_ptr; None without
+    upstream_ptr,  # REDUCTION none + gradients: (n_elements,) or (1,) upstream gradient
+    loss_ptr,  # none: (n_elements,) loss dtype; mean/sum: (n_programs,) fp32 partial sums
+    grad_input_ptr,  # (n_elements,) input dtype, written when COMPUTE_GRAD
+    grad_target_ptr,  # (n_elements,) target dtype, written when COMPUTE_TARGET_GRAD
+    n_elements,
+    weight_inner,
+    weight_period,
+    pos_weight_inner,
+    pos_weight_period,
+    scale,  # mean/sum: 1/numel or 1, applied to the partial sums and the gradients
+    alpha,
+    gamma,
+    BLOCK: tl.constexpr,
+    REDUCTION: tl.constexpr,  # kernels._common.REDUCTION_CODES
+    COMPUTE_GRAD: tl.constexpr,
+    COMPUTE_TARGET_GRAD: tl.constexpr,
+    UPSTREAM_IS_SCALAR: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    WEIGHT_BROADCAST: tl.constexpr,
+    HAS_POS_WEIGHT: tl.constexpr,
+    POS_WEIGHT_BROADCAST: tl.constexpr,
+    FOCAL: tl.constexpr,
+    HAS_ALPHA: tl.constexpr,
+    GAMMA_INT: tl.constexpr,  # gamma when it is an integer <= MAX_CONSTANT_GAMMA, else -1
+):
+    """Each program handles BLOCK consecutive elements of the flattened input.
+
+    REDUCTION none without gradients: the forward pass, writing the elementwise loss.
+    REDUCTION none with gradients: the backward pass, writing upstream * d loss / d input (and
+    d loss / d target), not the loss. REDUCTION mean/sum: one partial sum of scale * loss per
+    program and, with gradients, scale * d loss / d input (and target) for every element.
+    """
+    # int64: the flattened input may hold more than 2^31 elements.
+    block_start = tl.program_id(0).to(tl.int64) * BLOCK
+    offsets = block_start + tl.arange(0, BLOCK)
+    mask = offsets < n_elements
+    # Every element is read once: evict_first keeps the L2 cache for the broadcast weights.
+    x = tl.load(input_ptr + offsets, mask=mask, other=0.0, eviction_policy="evict_first")
+    x = x.to(tl.float32)
+    t = tl.load(target_ptr + offsets, mask=mask, other=0, eviction_policy="evict_first")
+    t = t.to(tl.float32)
+
+    # One exp, one log and one division give sigma(+-x) and sp(+-x); nothing overflows.
+    # e = exp(-|x|) in (0, 1]; r = 1 / (1 + e) = sigma(|x|); e * r = sigma(-|x|).
+    e = tl.exp(-tl.abs(x))
+    one_plus_e = 1.0 + e
+    r = 1.0 / one_plus_e
+    # log1p(e) without libdevice: log(1 + e) loses e's low bits when e is small (all of them
+    # below 2^-24, where sp(-x) of a confident logit is exactly e). The rounding error of
+    # 1 + e, e - ((1 + e) - 1), is exact (Fast2Sum; (1 + e) - 1 is exact by Sterbenz), and
+    # log1p(e) = log(1 + e) + log1p(error / (1 + e)) = log(1 + e) + error * r up to error^2 ~ 2^-48:
+    # accurate to an ulp or two of the result for every e (Goldberg 1991, "What every computer
+    # scientist should know about floating-point arithmetic", the log1p discussion).
+    log1p_e = tl.log(one_plus_e) + (e - (one_plus_e - 1.0)) * r
+    sigma_pos = tl.where(x >= 0, r, e * r)  # sigma(x)
+    sigma_neg = tl.where(x >= 0, e * r, r)  # sigma(-x) = 1 - sigma(x), without the subtraction
+    softplus_pos = tl.maximum(x, 0.0) + log1p_e  # sp(x) = -log(1 - sigma(x))
+    softplus_neg = tl.maximum(-x, 0.0) + log1p_e  # sp(-x) = -log sigma(x)
+
+    if FOCAL:
+        # ce = (1 - t) sp(x) + t sp(-x)    dce/dx = sigma(x) - t = (1 - t) sigma(x) - t sigma(-x)
+        #                                  dce/dt = sp(-x) - sp(x) = -x
+        # m = 1 - p_t = t sigma(-x) + (1 - t) sigma(x)   (p_t = p t + (1 - p)(1 - t))
+        #   dm/dx = (1 - 2t) sigma(x) sigma(-x)          dm/dt = sigma(-x) - sigma(x)
+        # a = alpha t + (1 - alpha)(1 - t) = (1 - alpha) + (2 alpha - 1) t, or 1 when alpha < 0
+        # loss = a ce m^g, so
+        #   dL/dx = a [dce/dx m^g + g ce m^(g-1) dm/dx]
+        #   dL/dt = (2 alpha - 1) ce m^g + a [-x m^g + g ce m^(g-1) dm/dt]
+        # Every factor is written without cancellation for hard targets; the products that hold
+        # m^(g-1) (unbounded as m -> 0 when g < 1) are formed from bounded factors below.
+        cross_entropy = (1.0 - t) * softplus_pos + t * softplus_neg
+        d_cross_entropy = (1.0 - t) * sigma_pos - t * sigma_neg
+        modulating_base = t * sigma_neg + (1.0 - t) * sigma_pos
+        sigma_product = sigma_pos * sigma_neg
+        if GAMMA_INT == 0:
+            modulating = tl.full([BLOCK], 1.0, tl.float32)
+        elif GAMMA_INT > 0:
+            # m^(g-1) by multiplication: exact powers, no log of zero.
+            power_less_one = tl.full([BLOCK], 1.0, tl.float32)
+            for _ in tl.static_range(GAMMA_INT - 1):
+                power_less_one = power_less_one * modulating_base
+            modulating = power_less_one * modulating_base
+            # (1 - 2t) sigma sigma' m^(g-1)  and  ce m^(g-1)
+            slope_x = (1.0 - 2.0 * t) * sigma_product * power_less_one
+            slope_t = cross_entropy * power_less_one
+        else:
+            # m^g = 2^(g log2 m), and 0 at m = 0 (g > 0 here); nan for m < 0 (a target outside
+            # [0, 1]), as torch's pow. m^(g-1) = m^g / m appears only inside products whose other
+            # factor over m is bounded for t in [0, 1]: sigma sigma' / m <= max(sigma, sigma')
+            # <= 1, and ce / m -> 1 as m -> 0. Their limit at m = 0 is 0.
+            is_zero = modulating_base == 0.0
+            safe_base = tl.where(is_zero, 1.0, modulating_base)  # no log2(0) or 1/0 evaluated
+            modulating = tl.where(is_zero, 0.0, tl.exp2(gamma * tl.log2(safe_base)))
+            inverse_base = tl.where(is_zero, 0.0, 1.0 / safe_base)
+            slope_x = (1.0 - 2.0 * t) * (sigma_product * inverse_base) * modulating
+            slope_t = (cross_entropy * inverse_base) * modulating
+        loss = cross_entropy * modulating
+        if HAS_ALPHA:
+            class_weight = (1.0 - alpha) + (2.0 * alpha - 1.0) * t
+            loss = class_weight * loss
+        if COMPUTE_GRAD:
+            grad = d_cross_entropy * modulating
+            if GAMMA_INT != 0:
+                grad += gamma * cross_entropy * slope_x
+            if HAS_ALPHA:
+                grad = class_weight * grad
+        if COMPUTE_TARGET_GRAD:
+            grad_t = -x * modulating
+            if GAMMA_INT != 0:
+                grad_t += gamma * slope_t * (sigma_neg - sigma_pos)
+            if HAS_ALPHA:
+                grad_t = class_weight * grad_t + (2.0 * alpha - 1.0) * cross_entropy * modulating
+    else:
+        # loss = w [(1 - t) sp(x) + pw t sp(-x)]: torch's (1 - t) x + (1 + (pw - 1) t) sp(-x)
+        # with x = sp(x) - sp(-x), which cancels nothing for hard targets.
+        # dL/dx = w [(1 - t) sigma(x) - pw t sigma(-x)]   (sigma(x) - t when pw = 1)
+        # dL/dt = w [pw sp(-x) - sp(x)] = w [(pw - 1) sp(-x) - x]: exactly -x without pos_weight,
+        # where the first form would cancel to an absolute error of ulp(log 2) near x = 0.
+        positive_term = t * softplus_neg
+        positive_slope = t * sigma_neg
+        if HAS_POS_WEIGHT:
+            pos_weight = _load_broadcast(
+                pos_weight_ptr,
+                offsets,
+                mask,
+                block_start,
+                pos_weight_inner,
+                pos_weight_period,
+                POS_WEIGHT_BROADCAST,
+                BLOCK,
+            )
+            positive_term = pos_weight * positive_term
+            positive_slope = pos_weight * positive_slope
+        loss = (1.0 - t) * softplus_pos + positive_term
+        if COMPUTE_GRAD:
+            grad = (1.0 - t) * sigma_pos - positive_slope
+        if COMPUTE_TARGET_GRAD:
+            grad_t = -x
+            if HAS_POS_WEIGHT:
+                grad_t += (pos_weight - 1.0) * softplus_neg
+        if HAS_WEIGHT:
+            weight = _load_broadcast(
+                weight_ptr,
+                offsets,
+                mask,
+                block_start,
+                weight_inner,
+                weight_period,
+                WEIGHT_BROADCAST,
+                BLOCK,
+            )
+            loss = weight * loss
+            if COMPUTE_GRAD:
+                grad = weight * grad
+            if COMPUTE_TARGET_GRAD:
+                grad_t = weight * grad_t
+
+    if REDUCTION == 0:
+        if COMPUTE_GRAD or COMPUTE_TARGET_GRAD:
+            if UPSTREAM_IS_SCALAR:
+                upstream = tl.load(upstream_ptr).to(tl.float32)
+            else:
+                upstream = tl.load(upstream_ptr + offsets, mask=mask, other=0.0)
+                upstream = upstream.to(tl.float32)
+            if COMPUTE_GRAD:
+                grad = grad * upstream
+            if COMPUTE_TARGET_GRAD:
+                grad_t = grad_t * upstream
+        else:
+            tl.store(loss_ptr + offsets, loss, mask=mask)
+    else:
+        partial_sum = tl.sum(tl.where(mask, loss, 0.0), axis=0) * scale
+        tl.store(loss_ptr + tl.program_id(0), partial_sum)
+        if COMPUTE_GRAD:
+            grad = grad * scale
+        if COMPUTE_TARGET_GRAD:
+            grad_t = grad_t * scale
+    if COMPUTE_GRAD:
+        tl.store(grad_input_ptr + offsets, grad, mask=mask)
+    if COMPUTE_TARGET_GRAD:
+        tl.store(grad_target_ptr + offsets, grad_t, mask=mask)
+
+
+@dataclass(frozen=True)
+class _WeightLayout:
+    """How the kernel reads a weight: ``buffer[(i // inner) % period]`` or ``buffer[i]``."""
+
+    buffer: Tensor
+    inner: int
+    period: int
+    broadcast: bool
+
+
+@dataclass(frozen=True)
+class _LossOptions:
+    """Everything but the tensors: which loss, its options, and which gradients to produce."""
+
+    reduction: str
+    focal: bool
+    alpha: float
+    gamma: float
+    compute_grad: bool
+    compute_target_grad: bool
+
+
+def _weight_layout(name: str, weight: Tensor, shape: torch.Size) -> _WeightLayout:
+    """Describe ``weight`` broadcast to ``shape`` as a period over the flattened input.
+
+    Expanding adds stride-0 dimensions without copying. If the dimensions with a non-zero stride
+    (size-1 dimensions dropped) form one run laid out contiguously, the weight is read in place:
+    ``period`` = the run's element count, ``inner`` = the elements after it. Otherwise (or when
+    the period is too long for int32 indexing) it is materialised at the input's shape.
+    """
+    check_broadcasts_to(name, weight, shape)
+    expanded = weight.expand(shape)
+    dims = [
+        (size, stride) for size, stride in zip(shape, expanded.stride(), strict=True) if size != 1
+    ]
+    varying = [i for i, (_, stride) in enumerate(dims) if stride != 0]
+    numel = math.prod(shape)
+    if not varying:
+        return _WeightLayout(expanded, inner=1, period=1, broadcast=True)
+    run = dims[varying[0] : varying[-1] + 1]
+    expected_stride = 1
+    contiguous_run = True
+    for size, stride in reversed(run):
+        contiguous_run &= stride == expected_stride
+        expected_stride *= size
+    period = math.prod(size for size, _ in run)
+    inner = math.prod(size for size, _ in dims[varying[-1] + 1 :])
+    if contiguous_run and period == numel:
+        return _WeightLayout(expanded, inner=1, period=numel, broadcast=False)
+    if contiguous_run and inner * period < INT32_INDEX_LIMIT:
+        return _WeightLayout(expanded, inner=inner, period=period, broadcast=True)
+    return _WeightLayout(expanded.contiguous(), inner=1, period=numel, broadcast=False)
+
+
+def _check_arguments(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    reduction: str,
+    input_name: str,
+    target_name: str,
+) -> None:
+    """Raise a clear exception for anything the kernel cannot compute exactly."""
+    check_reduction(reduction)
+    if input.dtype not in INPUT_DTYPES:
+        raise TypeError(
+            f"{input_name} must be float32, float16 or bfloat16 logits, got dtype {input.dtype}"
+        )
+    if not (target.is_floating_point() or target.dtype in INTEGER_TARGET_DTYPES):
+        raise TypeError(
+            f"{target_name} must be a floating-point, bool or uint8 tensor, got dtype "
+            f"{target.dtype}"
+        )
+    if target.shape != input.shape:
+        raise ValueError(
+            f"{target_name} shape {tuple(target.shape)} must equal {input_name} shape "
+            f"{tuple(input.shape)}"
+        )
+    for name, tensor in (("weight", weight), ("pos_weight", pos_weight)):
+        if tensor is None:
+            continue
+        check_floating(name, tensor)
+        if tensor.requires_grad and torch.is_grad_enabled():
+            raise NotImplementedError(
+                f"{name} requires grad, but these kernels give no gradient for it: detach it, "
+                f"or use reference.sigmoid"
+            )
+    check_kernel_device(
+        **{input_name: input, target_name: target}, weight=weight, pos_weight=pos_weight
+    )
+
+
+def _constant_gamma(gamma: float) -> int:
+    """``gamma`` as a compile-time integer when it is one (0..MAX_CONSTANT_GAMMA), else -1."""
+    if gamma.is_integer() and gamma <= MAX_CONSTANT_GAMMA:
+        return int(gamma)
+    return -1
+
+
+def _launch(
+    input: Tensor,
+    target: Tensor,
+    weight: _WeightLayout | None,
+    pos_weight: _WeightLayout | None,
+    options: _LossOptions,
+    loss_dtype: torch.dtype,
+    upstream: Tensor | None = None,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Run the kernel over contiguous ``input`` and ``target``; return (loss, grad, grad_target).
+
+    Forward (``upstream`` None): the loss (elementwise for "none", a scalar for "mean"/"sum"),
+    with the gradients for "mean"/"sum" when ``options`` asks for them. Backward of "none"
+    (``upstream`` given): the gradients times ``upstream``, and no loss.
+
+    # I/O: read n x + n t (+ n weight for a full-shape weight) once; then
+    #   "none" forward: write n loss;   "none" backward: read n upstream, write n grad (+ n t-grad);
+    #   "mean"/"sum": write n / BLOCK fp32 partials, with gradients also write n grad (+ n t-grad).
+    """
+    n_elements = input.numel()
+    backward = upstream is not None
+    reduced = options.reduction != "none"
+    compute_grad = options.compute_grad and (backward or reduced)
+    compute_target_grad = options.compute_target_grad and (backward or reduced)
+    grad = torch.empty_like(input) if compute_grad else None
+    grad_target = torch.empty_like(target) if compute_target_grad else None
+    n_programs = triton.cdiv(n_elements, BLOCK)
+    # What loss_ptr points to: nothing in backward, one fp32 partial sum per program for
+    # "mean"/"sum", the elementwise loss for "none".
+    if backward:
+        loss_buffer = None
+    elif reduced:
+        loss_buffer = torch.empty(n_programs, dtype=torch.float32, device=input.device)
+    else:
+        loss_buffer = torch.empty(input.shape, dtype=loss_dtype, device=input.device)
+    if n_elements == 0:
+        if reduced and not backward:
+            # torch's empty mean is nan, its empty sum 0.
+            empty_value = math.nan if options.reduction == "mean" else 0.0
+            return (
+                torch.full((), empty_value, dtype=loss_dtype, device=input.device),
+                grad,
+                grad_target,
+            )
+        return loss_buffer, grad, grad_target
+
+    upstream_is_scalar = backward and all(stride == 0 for stride in upstream.stride())
+    if backward and not upstream_is_scalar:
+        upstream = upstream.contiguous()
+    _sigmoid_loss_kernel[(n_programs,)](
+        input,
+        target.view(torch.uint8) if target.dtype == torch.bool else target,
+        weight.buffer if weight is not None else None,
+        pos_weight.buffer if pos_weight is not None else None,
+        upstream,
+        loss_buffer,
+        grad,
+        grad_target,
+        n_elements,
+        weight.inner if weight is not None else 1,
+        weight.period if weight is not None else 1,
+        pos_weight.inner if pos_weight is not None else 1,
+        pos_weight.period if pos_weight is not None else 1,
+        1.0 / n_elements if options.reduction == "mean" else 1.0,
+        options.alpha,
+        options.gamma,
+        BLOCK=BLOCK,
+        REDUCTION=REDUCTION_CODES[options.reduction],
+        COMPUTE_GRAD=compute_grad,
+        COMPUTE_TARGET_GRAD=compute_target_grad,
+        UPSTREAM_IS_SCALAR=upstream_is_scalar,
+        HAS_WEIGHT=weight is not None,
+        WEIGHT_BROADCAST=weight is not None and weight.broadcast,
+        HAS_POS_WEIGHT=pos_weight is not None,
+        POS_WEIGHT_BROADCAST=pos_weight is not None and pos_weight.broadcast,
+        FOCAL=options.focal,
+        HAS_ALPHA=options.alpha >= 0,
+        GAMMA_INT=_constant_gamma(options.gamma),
+        num_warps=NUM_WARPS,
+    )
+    if reduced and not backward:
+        # The partial sums are already scaled by 1/numel for "mean": one small torch reduction,
+        # deterministic (no atomics), still on the device.
+        return loss_buffer.sum().to(loss_dtype), grad, grad_target
+    return loss_buffer, grad, grad_target
+
+
+class _SigmoidLossFunction(torch.autograd.Function):
+    """Autograd for both losses; see the module docstring for what each reduction keeps."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        input: Tensor,
+        target: Tensor,
+        weight: _WeightLayout | None,
+        pos_weight: _WeightLayout | None,
+        options: _LossOptions,
+        loss_dtype: torch.dtype,
+    ) -> Tensor:
+        contiguous_input = input.contiguous()
+        contiguous_target = target.contiguous()
+        loss, grad, grad_target = _launch(
+            contiguous_input, contiguous_target, weight, pos_weight, options, loss_dtype
+        )
+        ctx.options = options
+        ctx.weight = weight
+        ctx.pos_weight = pos_weight
+        if options.reduction == "none":
+            ctx.save_for_backward(contiguous_input, contiguous_target)
+        else:
+            # Handed to backward once, then dropped: a second backward must not reuse a
+            # gradient that was already scaled in place and given to autograd.
+            ctx.gradients = (grad, grad_target)
+        return loss
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_output: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        options: _LossOptions = ctx.options
+        if torch.is_grad_enabled():
+            # Only backward(create_graph=True) records a graph of the backward pass; the kernels'
+            # gradients have none, so a second-order gradient would silently come out as zero.
+            raise RuntimeError(
+                "kernels.sigmoid losses give first-order gradients only: backward with "
+                "create_graph=True (for a second-order gradient) is not supported; use "
+                "reference.sigmoid"
+            )
+        if options.reduction == "none":
+            contiguous_input, contiguous_target = ctx.saved_tensors
+            _, grad, grad_target = _launch(
+                contiguous_input,
+                contiguous_target,
+                ctx.weight,
+                ctx.pos_weight,
+                options,
+                grad_output.dtype,
+                upstream=grad_output,
+            )
+        else:
+            if ctx.gradients is None:
+                raise RuntimeError(
+                    f"backward through a kernels.sigmoid loss with reduction={options.reduction!r} "
+                    "a second time: its gradient is computed once, in the forward pass, and was "
+                    "already returned. Recompute the loss instead of retain_graph=True, or use "
+                    "reduction='none' and reduce it yourself."
+                )
+            grad, grad_target = ctx.gradients
+            ctx.gradients = None
+            for gradient in (grad, grad_target):
+                if gradient is not None:
+                    scale_unless_one_(gradient, grad_output)
+        return grad, grad_target, None, None, None, None
+
+
+def _sigmoid_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    reduction: str,
+    focal: bool,
+    alpha: float,
+    gamma: float,
+    loss_dtype: torch.dtype,
+) -> Tensor:
+    """Lay out the weights, decide the gradients, and run the autograd function."""
+    grad_enabled = torch.is_grad_enabled()
+    options = _LossOptions(
+        reduction=reduction,
+        focal=focal,
+        alpha=float(alpha),
+        gamma=float(gamma),
+        compute_grad=grad_enabled and input.requires_grad,
+        compute_target_grad=grad_enabled and target.requires_grad,
+    )
+    weight_layout = None if weight is None else _weight_layout("weight", weight, input.shape)
+    pos_weight_layout = (
+        None if pos_weight is None else _weight_layout("pos_weight", pos_weight, input.shape)
+    )
+    return _SigmoidLossFunction.apply(
+        input, target, weight_layout, pos_weight_layout, options, loss_dtype
+    )
+
+
+def binary_cross_entropy_with_logits(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    pos_weight: Tensor | None = None,
+) -> Tensor:
+    """Binary cross-entropy of logits, fused: torch's function, forward and backward.
+
+    Args:
+        input: logits, any shape, fp32/fp16/bf16.
+        target: same shape; any float dtype (soft targets allowed), bool, or uint8 (0/1 labels,
+            one byte each: see the module docstring for the bandwidth saved).
+        weight: optional, any float dtype, broadcasts to ``input``'s shape without enlarging it.
+        reduction: "none" (loss of ``input``'s shape), "mean" (sum / numel) or "sum".
+        pos_weight: optional weight of the positive term, any float dtype, broadcasts to
+            ``input``'s shape; typically (C,) for the size C of the last dimension.
+
+    Returns:
+        The loss in torch's dtype: ``target``'s for a float target, ``input``'s otherwise.
+    """
+    _check_arguments(input, target, weight, pos_weight, reduction, "input", "target")
+    loss_dtype = target.dtype if target.is_floating_point() else input.dtype
+    return _sigmoid_loss(input, target, weight, pos_weight, reduction, False, -1.0, 0.0, loss_dtype)
+
+
+def sigmoid_focal_loss(
+    inputs: Tensor,
+    targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "none",
+) -> Tensor:
+    """RetinaNet's sigmoid focal loss, fused: ``torchvision.ops.sigmoid_focal_loss``.
+
+    Args:
+        inputs: logits, any shape, fp32/fp16/bf16.
+        targets: same shape; any float dtype (soft targets allowed), bool, or uint8.
+        alpha: weight of positives in [0, 1] (negatives get 1 - alpha); negative: no weighting.
+        gamma: focusing exponent >= 0 on 1 - p_t; gamma = 0 and alpha < 0 give BCE with logits.
+        reduction: "none" (loss of ``inputs``' shape, torchvision's default), "mean" or "sum".
+
+    Returns:
+        The loss in ``torch.result_type(inputs, targets)`` for float targets (torchvision's),
+        ``inputs``' dtype otherwise.
+    """
+    _check_arguments(inputs, targets, None, None, reduction, "inputs", "targets")
+    check_sigmoid_focal_options(alpha, gamma)
+    loss_dtype = torch.result_type(inputs, targets) if targets.is_floating_point() else inputs.dtype
+    return _sigmoid_loss(inputs, targets, None, None, reduction, True, alpha, gamma, loss_dtype)
+
+
+class BCEWithLogitsLoss(nn.Module):
+    """Module form of :func:`binary_cross_entropy_with_logits`, like ``torch.nn.BCEWithLogitsLoss``.
+
+    ``weight`` and ``pos_weight`` are registered as buffers (they follow ``.to()`` and
+    ``state_dict``), as in torch. torch's deprecated ``size_average`` and ``reduce`` are not
+    offered.
+    """
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        *,
+        reduction: str = "mean",
+        pos_weight: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        check_reduction(reduction)
+        self.reduction = reduction
+        self.weight: Tensor | None
+        self.pos_weight: Tensor | None
+        self.register_buffer("weight", weight)
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return binary_cross_entropy_with_logits(
+            input, target, self.weight, self.reduction, self.pos_weight
+        )
+
+
+class SigmoidFocalLoss(nn.Module):
+    """Module form of :func:`sigmoid_focal_loss` (torchvision has only the function)."""
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none") -> None:
+        super().__init__()
+        check_reduction(reduction)
+        check_sigmoid_focal_options(alpha, gamma)
+        self.alpha = alpha
+        self.gamma = gamma
+        self.reduction = reduction
+
+    def forward(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        return sigmoid_focal_loss(inputs, targets, self.alpha, self.gamma, self.reduction)
