@@ -1,0 +1,5 @@
+"""The lossbench harness: cases, measurement, CSV, plots, CLI and the pytest-benchmark suites."""
+
+# First, before torch's profiler, torch.compile or torchvision import triton: without a GPU,
+# kernels switches Triton to its interpreter, which works only before triton is imported.
+import kernels  # noqa: F401

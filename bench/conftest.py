@@ -1,0 +1,156 @@
+"""pytest options, case generation and session state for the benchmarks in bench/.
+
+    pytest bench/ --benchmark-only                        # quick on the CPU, full on a GPU
+    pytest bench/ --benchmark-only --preset full --losses cross_entropy --impls torch,triton
+    pytest bench/ --benchmark-disable --preset tiny --results-dir /tmp/tiny   # CI: runs once
+
+The options apply to every suite in bench/. Results go to --results-dir (default
+results/<device>/): the CSV after each case (at most every few seconds) and at the end, then the
+plots and SUMMARY.md; the terminal shows a line per case and a table of headline speedups.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import report
+from bench.cases import DTYPES, IMPLEMENTATIONS, LOSSES, PRESETS
+from bench.session import BenchSession, progress
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lossbench", "lossbench benchmark selection")
+    group.addoption(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="sweep to run: tiny (CI), quick (default on the CPU), full (default with CUDA)",
+    )
+    group.addoption("--losses", default=None, help=f"comma list of {', '.join(LOSSES)}")
+    group.addoption("--impls", default=None, help=f"comma list of {', '.join(IMPLEMENTATIONS)}")
+    group.addoption("--dtypes", default=None, help=f"comma list of {', '.join(DTYPES)}")
+    group.addoption("--batch-sizes", default=None, help="comma list of batch sizes N")
+    group.addoption("--class-counts", default=None, help="comma list of class counts C")
+    group.addoption(
+        "--results-dir", default=None, help="where results go (default results/<device>)"
+    )
+    group.addoption(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="skip (with that reason) the cases that would start after this many minutes",
+    )
+
+
+def _names(value: str | None, known, what: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise pytest.UsageError(f"unknown {what} {unknown or value!r}; known: {', '.join(known)}")
+    return names
+
+
+def _sizes(value: str | None, what: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        sizes = tuple(int(size) for size in value.split(",") if size.strip())
+    except ValueError:
+        raise pytest.UsageError(f"{what} must be comma-separated integers, got {value!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise pytest.UsageError(f"{what} must be positive integers, got {value!r}")
+    return sizes
+
+
+_SESSION = pytest.StashKey[BenchSession]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    device = report.bench_device()
+    preset_name = config.getoption("--preset") or ("full" if device.type == "cuda" else "quick")
+    preset = PRESETS[preset_name]
+    results_dir = config.getoption(
+        "--results-dir"
+    ) or config.rootpath / "results" / report.device_folder(device)
+    config.stash[_SESSION] = BenchSession(
+        device=device,
+        preset=preset,
+        losses=_names(config.getoption("--losses"), LOSSES, "loss") or tuple(LOSSES),
+        impls=_names(config.getoption("--impls"), IMPLEMENTATIONS, "implementation")
+        or preset.impls,
+        dtypes=_names(config.getoption("--dtypes"), DTYPES, "dtype") or preset.dtypes,
+        batch_sizes=_sizes(config.getoption("--batch-sizes"), "--batch-sizes"),
+        class_counts=_sizes(config.getoption("--class-counts"), "--class-counts"),
+        results_dir=Path(results_dir),
+        max_minutes=config.getoption("--max-minutes"),
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    session = config.stash[_SESSION]
+    return [
+        f"lossbench: preset {session.preset.name} on {session.device}, "
+        f"results in {session.results_dir}",
+    ]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "loss_case" in metafunc.fixturenames:
+        cases = metafunc.config.stash[_SESSION].cases()
+        metafunc.parametrize("loss_case", cases, ids=[case.id for case in cases])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    config.stash[_SESSION].total_cases = sum(
+        1 for item in items if "loss_case" in getattr(item, "fixturenames", ())
+    )
+
+
+@pytest.fixture(scope="session")
+def bench_session(request: pytest.FixtureRequest) -> BenchSession:
+    """The session's device, selection (--preset, --losses, --impls, --dtypes) and results."""
+    return request.config.stash[_SESSION]
+
+
+@pytest.fixture(scope="session")
+def bench_device(bench_session: BenchSession) -> torch.device:
+    """The device benchmarks run on: the current CUDA GPU, else the CPU."""
+    return bench_session.device
+
+
+@pytest.fixture(scope="session")
+def results_dir(bench_session: BenchSession) -> Path:
+    """Where this session's results go (--results-dir, default results/<device>)."""
+    return bench_session.results_dir
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    bench = session.config.stash[_SESSION]
+    if bench.done_cases == 0:
+        return
+    bench.write()
+    try:
+        written = report.regenerate(bench.results_dir)
+    except Exception as error:
+        progress(session.config, f"lossbench: drawing the plots failed: {error!r}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return
+    progress(session.config, f"lossbench: wrote {len(written)} plots and summary files")
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    bench = config.stash[_SESSION]
+    if bench.done_cases == 0:
+        return
+    frame = report.load_results(bench.results_dir)
+    frame = frame[frame["run_date"] == bench.results.provenance["run_date"]]
+    terminalreporter.section("lossbench: forward+backward speedup over torch eager")
+    terminalreporter.write_line(report.headline_table(frame) or "nothing was timed")
+    terminalreporter.write_line(
+        f"results: {bench.results_dir / report.CSV_NAME}, plots and SUMMARY.md beside it"
+    )

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The one prepared check for a task that has a GPU: the tests compiled on the GPU, then the full
+# benchmark sweep, everything written under OUTDIR. Under 8 minutes on an H200; needs no network.
+#
+#   bench/gpu_check.sh OUTDIR
+#
+# Through the device tool, from the repository root (the machine's copy may lack .git):
+#   run(command="LOSSBENCH_GIT_COMMIT=<commit> bench/gpu_check.sh $OUT", timeout_s=540)
+#
+# OUTDIR receives at most 8 files (the device tool returns no more):
+#   environment.txt  date, nvidia-smi, Python/torch/triton versions, git commit
+#   tests.log        python -m pytest tests/ (kernels compiled on the GPU)
+#   bench.log        the full sweep: a line per case, skips with reasons, the headline table
+#   benchmarks.csv   the sweep's long-format CSV (results/README.md)
+#   SUMMARY.md       best implementation per shape, speedups, agreement verdicts
+#   benchmark.json   pytest-benchmark's own record, extra figures in extra_info
+#   plots.tar.gz     the plots
+# To commit the run: copy benchmarks.csv into results/<device>/ (results/h200/) and redraw the
+# plots and SUMMARY.md there with `python -m bench plot results/<device>`.
+#
+# Time: tests are cut at 140 s; the sweep skips the cases that would start after 4.5 minutes
+# and is interrupted (SIGINT, so it still writes its CSV and plots) at 300 s.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+
+outdir=${1:?usage: bench/gpu_check.sh OUTDIR}
+mkdir -p "$outdir"
+outdir=$(cd "$outdir" && pwd)
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+status=0
+
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "git commit: ${LOSSBENCH_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+    nvidia-smi
+    "$python" - <<'EOF'
+import platform
+
+import torch
+import triton
+
+print(f"python {platform.python_version()}, torch {torch.__version__}, triton {triton.__version__}")
+print(f"device {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}")
+EOF
+} >"$outdir/environment.txt" 2>&1 || status=1
+
+timeout -s INT -k 20 140 "$python" -m pytest tests/ -q -ra -p no:cacheprovider \
+    2>&1 | tee "$outdir/tests.log" || status=1
+
+# A fresh folder: the CSV then holds this run alone, not rows merged from an earlier one.
+results_dir=$(mktemp -d)/results
+timeout -s INT -k 30 300 "$python" -m pytest bench/bench_losses.py --benchmark-only \
+    --preset full --max-minutes 4.5 --results-dir "$results_dir" \
+    --benchmark-json "$outdir/benchmark.json" -ra -p no:cacheprovider \
+    2>&1 | tee "$outdir/bench.log" || status=1
+
+cp "$results_dir/benchmarks.csv" "$results_dir/SUMMARY.md" "$outdir/" || status=1
+tar -czf "$outdir/plots.tar.gz" -C "$results_dir" plots || status=1
+exit $status

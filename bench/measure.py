@@ -1,0 +1,290 @@
+"""How the harness measures: synchronised steps, copy bandwidth, peak memory, agreement.
+
+Every figure says what it counts:
+- time: one call of the step, the device synchronised inside it (pytest-benchmark's median), and
+  on a GPU also triton.testing.do_bench's median (CUDA events, L2 flushed between calls);
+- bandwidth: ``bench.cases.bytes_moved`` over that time, and its fraction of the device-to-device
+  copy bandwidth measured in the same session (``copy_bandwidth``);
+- memory: the peak allocated during one step beyond what was allocated before it (the inputs);
+- agreement: ``reference.tolerance.relative_error`` against the float64 reference.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from bench.cases import Case, Implementation, LossSpec, Preset, reference_function
+
+# The float64 agreement check sums the reference loss over row chunks of at most this many
+# elements (128 MiB of float64 each), so it fits beside the largest cases.
+CHECK_CHUNK_ELEMENTS = 2**24
+# The gradient is compared on every row up to this many elements, else on a random sample of
+# rows that always includes the last one (where int32 offset overflow would show first).
+GRADIENT_CHECK_ELEMENTS = 2**24
+# Triton's interpreter runs one program at a time in numpy: it checks agreement on at most this
+# many elements (fewer rows of the same class count).
+INTERPRETER_ELEMENTS = 2**15
+
+Step = Callable[[], None]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU, where ops run synchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(
+    implementation: Implementation,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    pass_: str,
+    synchronized: bool = True,
+) -> Step:
+    """One call of the pass, ending with a device synchronisation when ``synchronized``.
+
+    forward: the loss of logits that do not require a gradient (inference).
+    forward_backward: the loss, then backward into ``logits.grad``, which the caller sets to
+    None before each step, as optimizer.zero_grad() does, so every step allocates a fresh
+    gradient exactly as a training step does.
+    Unsynchronised steps are for do_bench, which brackets each call with CUDA events.
+    """
+    function = implementation.function
+    device = logits.device
+    if pass_ == "forward":
+
+        def call() -> None:
+            function(logits, target)
+
+    else:
+
+        def call() -> None:
+            function(logits, target).backward()
+
+    if not synchronized:
+        return call
+
+    def step() -> None:
+        call()
+        synchronize(device)
+
+    return step
+
+
+def time_once(step: Step) -> float:
+    """Seconds one call of ``step`` takes (it synchronises itself)."""
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def timing_rounds(preset: Preset, call_s: float) -> int:
+    """Rounds that fill the preset's timing budget at ``call_s`` per call, within its bounds."""
+    wanted = math.ceil(preset.timing_budget_s / max(call_s, 1e-9))
+    return max(preset.min_rounds, min(preset.max_rounds, wanted))
+
+
+def do_bench_ms(step: Step, logits: torch.Tensor, rep_ms: float) -> float:
+    """triton.testing.do_bench median (ms) of an unsynchronised ``step`` on a GPU: CUDA events
+    around each call, L2 flushed before it.
+
+    The gradient of ``logits`` is set to None before every call, outside the timed region.
+    """
+    from triton.testing import do_bench
+
+    grad_to_none = [logits] if logits.requires_grad else None
+    return do_bench(
+        step, warmup=rep_ms / 4, rep=rep_ms, grad_to_none=grad_to_none, return_mode="median"
+    )
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes per second of a large device-to-device copy, counting bytes read plus written.
+
+    A GPU copies 1 GiB with do_bench's median; the CPU copies 256 MiB, median of 5 after one
+    untimed copy (which faults the pages in).
+    """
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        source = torch.empty(2**30, dtype=torch.uint8, device=device)
+        destination = torch.empty_like(source)
+        milliseconds = do_bench(lambda: destination.copy_(source), return_mode="median")
+        return 2 * source.numel() / (milliseconds / 1e3)
+    source = torch.empty(2**28, dtype=torch.uint8).random_()
+    destination = torch.empty_like(source)
+    destination.copy_(source)
+    seconds = statistics.median(time_once(lambda: destination.copy_(source)) for _ in range(5))
+    return 2 * source.numel() / seconds
+
+
+# --- Memory -----------------------------------------------------------------------------------
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes a case may still allocate: free device memory plus torch's unused cache on a GPU,
+    MemAvailable on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return free + cached
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def estimated_peak_bytes(case: Case) -> int:
+    """A generous estimate of what a case allocates, checked before anything is allocated.
+
+    Inputs and gradient; for the unfused implementations up to four fp32 temporaries of N*C
+    (softmax, its log, the focal factor, the gradient before its cast); a saved copy of the
+    logits where the implementation overwrites them; and the float64 agreement check (a chunk,
+    the sampled gradient rows, and about six temporaries of each).
+    """
+    element = case.torch_dtype.itemsize
+    logits = case.elements * element
+    targets = case.batch * 8 if case.spec.family == "softmax" else logits
+    gradient = logits if case.pass_ == "forward_backward" else 0
+    temporaries = 0 if case.impl in ("triton", "liger") else 4 * case.elements * 4
+    saved_logits = logits if case.impl == "liger" else 0
+    agreement = 6 * 8 * (CHECK_CHUNK_ELEMENTS + GRADIENT_CHECK_ELEMENTS)
+    return logits + targets + gradient + temporaries + saved_logits + agreement
+
+
+def peak_memory(step: Step, device: torch.device) -> int:
+    """Peak bytes allocated while ``step`` runs, beyond those allocated before it (the inputs).
+
+    CUDA: torch's caching-allocator statistics. CPU: ``cpu_allocation_peak``.
+    """
+    if device.type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        return torch.cuda.max_memory_allocated(device) - before
+    return cpu_allocation_peak(step)
+
+
+def cpu_allocation_peak(step: Step) -> int:
+    """Peak of the running sum of CPU allocations and frees made while ``step`` runs.
+
+    tracemalloc cannot see torch's allocator, so this asks torch's profiler: with
+    profile_memory=True it records every allocation and free of torch's CPU allocator, with its
+    size (negative for a free). Frees of memory allocated before the step are not recorded, so
+    the inputs never count.
+    """
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step()
+
+    def walk(events: list) -> Iterator:
+        for event in events:
+            yield event
+            yield from walk(event.children)
+
+    tree = profiler.profiler.kineto_results.experimental_event_tree()
+    allocations = sorted(
+        (event for event in walk(tree) if event.typed[0] == _EventType.Allocation),
+        key=lambda event: event.start_time_ns,
+    )
+    allocated = peak = 0
+    for event in allocations:
+        fields = event.typed[1]
+        if fields.device.type == "cpu":
+            allocated += fields.alloc_size
+            peak = max(peak, allocated)
+    return peak
+
+
+# --- Agreement --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Relative errors against the float64 reference, and the verdict by the dtype's tolerance.
+
+    ``grad_error`` is None for the forward pass; ``gradient_rows`` says on how many rows it was
+    measured (all rows up to GRADIENT_CHECK_ELEMENTS elements).
+    """
+
+    loss_error: float
+    grad_error: float | None
+    tolerance: float
+    gradient_rows: int
+
+    @property
+    def passed(self) -> bool:
+        errors = [self.loss_error, self.grad_error]
+        return all(error <= self.tolerance for error in errors if error is not None)
+
+    def describe(self) -> str:
+        text = f"loss error {self.loss_error:.2g}"
+        if self.grad_error is not None:
+            text += f", gradient error {self.grad_error:.2g} ({self.gradient_rows} rows)"
+        return f"{text}, tolerance {self.tolerance:g}"
+
+
+def _upcast_target(spec: LossSpec, target: torch.Tensor) -> torch.Tensor:
+    return target if spec.family == "softmax" else target.double()
+
+
+def gradient_rows(batch: int, classes: int, device: torch.device) -> torch.Tensor:
+    """Indices of the rows whose gradient is checked: all, or a sorted sample with the last."""
+    if batch * classes <= GRADIENT_CHECK_ELEMENTS:
+        return torch.arange(batch, device=device)
+    sample = max(1, GRADIENT_CHECK_ELEMENTS // classes)
+    rows = torch.randperm(batch - 1, device=device)[: sample - 1]
+    last = torch.tensor([batch - 1], device=device)
+    return torch.cat([rows, last]).sort().values
+
+
+def check_agreement(
+    spec: LossSpec,
+    dtype: torch.dtype,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    loss: torch.Tensor,
+    grad: torch.Tensor | None,
+) -> Agreement:
+    """Compare ``loss`` (and ``grad``, the logits' gradient of the mean loss) with float64.
+
+    The reference runs on the upcast inputs with reduction='sum' over row chunks, divided by the
+    mean's denominator: the same mean, in bounded memory. The gradient is compared on
+    ``gradient_rows``: the reference gradient of those rows' sum over the same denominator is
+    exactly their rows of the mean's gradient.
+    """
+    from reference.tolerance import relative_error, tolerance
+
+    reference_sum = reference_function(spec, "sum")
+    batch, classes = logits.shape
+    denominator = spec.mean_denominator(batch, classes)
+    rows_per_chunk = max(1, CHECK_CHUNK_ELEMENTS // classes)
+    logits = logits.detach()
+    with torch.no_grad():
+        total = sum(
+            reference_sum(
+                logits[start : start + rows_per_chunk].double(),
+                _upcast_target(spec, target[start : start + rows_per_chunk]),
+            )
+            for start in range(0, batch, rows_per_chunk)
+        )
+    loss_error = relative_error(loss, total / denominator)
+    grad_error = None
+    checked_rows = 0
+    if grad is not None:
+        rows = gradient_rows(batch, classes, logits.device)
+        upcast = logits[rows].double().requires_grad_()
+        (reference_sum(upcast, _upcast_target(spec, target[rows])) / denominator).backward()
+        grad_error = relative_error(grad[rows], upcast.grad)
+        checked_rows = len(rows)
+    return Agreement(loss_error, grad_error, tolerance(dtype), checked_rows)

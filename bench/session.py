@@ -1,0 +1,94 @@
+"""What one pytest session of benchmarks shares: device, selection, results file, deadline."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cases import Case, Preset, generate_cases
+from bench.measure import copy_bandwidth
+from bench.report import ResultsFile, provenance
+
+# Rewrite the CSV at most this often while cases run (and always at the end of the session).
+WRITE_INTERVAL_S = 5.0
+
+
+@dataclass
+class BenchSession:
+    """What every case of one pytest session shares: device, selection, results, deadline."""
+
+    device: torch.device
+    preset: Preset
+    losses: tuple[str, ...]
+    impls: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    batch_sizes: tuple[int, ...] | None
+    class_counts: tuple[int, ...] | None
+    results_dir: Path
+    max_minutes: float | None
+    started: float = field(default_factory=time.monotonic)
+    total_cases: int = 0
+    done_cases: int = 0
+    _results: ResultsFile | None = None
+    _copy_bandwidth_gbps: float | None = None
+    _last_write: float = 0.0
+
+    def cases(self) -> list[Case]:
+        return generate_cases(
+            self.preset,
+            self.losses,
+            self.impls,
+            self.dtypes,
+            self.batch_sizes,
+            self.class_counts,
+        )
+
+    @property
+    def results(self) -> ResultsFile:
+        """The results CSV, read on first use (so collecting alone never touches it)."""
+        if self._results is None:
+            self._results = ResultsFile(self.results_dir, provenance(self.device))
+        return self._results
+
+    @property
+    def copy_bandwidth_gbps(self) -> float:
+        """Device-to-device copy bandwidth in GB/s, measured once per session on first use."""
+        if self._copy_bandwidth_gbps is None:
+            self._copy_bandwidth_gbps = copy_bandwidth(self.device) / 1e9
+        return self._copy_bandwidth_gbps
+
+    def deadline_passed(self) -> bool:
+        if self.max_minutes is None:
+            return False
+        return time.monotonic() - self.started > 60 * self.max_minutes
+
+    def record(self, case: Case, metrics: list[tuple]) -> None:
+        """Store the case's metrics; rewrite the CSV if the last write is a while ago."""
+        self.done_cases += 1
+        row = {**vars(case), "pass": case.pass_}
+        self.results.record(row, metrics)
+        if time.monotonic() - self._last_write > WRITE_INTERVAL_S:
+            self.write()
+
+    def write(self) -> None:
+        self.results.write()
+        self._last_write = time.monotonic()
+
+
+def progress(config: pytest.Config, line: str) -> None:
+    """Print one line to the terminal now, between pytest's own progress output.
+
+    Output capturing is suspended for the line, so it shows while a test runs.
+    """
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        reporter.ensure_newline()
+        reporter.write_line(line)
