@@ -68,9 +68,10 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from torch import Tensor, nn
+from torch import Tensor
 
 from kernels._common import REDUCTION_CODES, check_kernel_device, scale_unless_one_
+from reference import sigmoid as reference_sigmoid
 from reference._checks import (
     check_broadcasts_to,
     check_floating,
@@ -644,45 +645,15 @@ def sigmoid_focal_loss(
     return _sigmoid_loss(inputs, targets, None, None, reduction, True, alpha, gamma, loss_dtype)
 
 
-class BCEWithLogitsLoss(nn.Module):
-    """Module form of :func:`binary_cross_entropy_with_logits`, like ``torch.nn.BCEWithLogitsLoss``.
+class BCEWithLogitsLoss(reference_sigmoid.BCEWithLogitsLoss):
+    """Module form of :func:`binary_cross_entropy_with_logits`, like ``torch.nn.BCEWithLogitsLoss``:
+    the constructor and buffers of reference.sigmoid.BCEWithLogitsLoss, the fused kernel."""
 
-    ``weight`` and ``pos_weight`` are registered as buffers (they follow ``.to()`` and
-    ``state_dict``), as in torch. torch's deprecated ``size_average`` and ``reduce`` are not
-    offered.
-    """
-
-    def __init__(
-        self,
-        weight: Tensor | None = None,
-        *,
-        reduction: str = "mean",
-        pos_weight: Tensor | None = None,
-    ) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.reduction = reduction
-        self.weight: Tensor | None
-        self.pos_weight: Tensor | None
-        self.register_buffer("weight", weight)
-        self.register_buffer("pos_weight", pos_weight)
-
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return binary_cross_entropy_with_logits(
-            input, target, self.weight, self.reduction, self.pos_weight
-        )
+    function = staticmethod(binary_cross_entropy_with_logits)
 
 
-class SigmoidFocalLoss(nn.Module):
-    """Module form of :func:`sigmoid_focal_loss` (torchvision has only the function)."""
+class SigmoidFocalLoss(reference_sigmoid.SigmoidFocalLoss):
+    """Module form of :func:`sigmoid_focal_loss` (torchvision has only the function): the
+    constructor of reference.sigmoid.SigmoidFocalLoss, the fused kernel."""
 
-    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none") -> None:
-        super().__init__()
-        check_reduction(reduction)
-        check_sigmoid_focal_options(alpha, gamma)
-        self.alpha = alpha
-        self.gamma = gamma
-        self.reduction = reduction
-
-    def forward(self, inputs: Tensor, targets: Tensor) -> Tensor:
-        return sigmoid_focal_loss(inputs, targets, self.alpha, self.gamma, self.reduction)
+    function = staticmethod(sigmoid_focal_loss)

@@ -45,7 +45,6 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from torch import nn
 from torch.autograd.function import once_differentiable
 
 from kernels._common import (
@@ -54,13 +53,13 @@ from kernels._common import (
     check_kernel_device,
     scale_unless_one_,
 )
+from reference import softmax as reference_softmax
 from reference._checks import (
     check_class_index_target,
     check_floating,
     check_per_class,
     check_reduction,
 )
-from reference.softmax import cross_entropy as reference_cross_entropy
 
 # Rows up to this many classes stay in registers, one read. The register file of an H100/H200 SM
 # holds 64K 32-bit values, and a program may use at most 64 per thread at 1024 threads (32 warps).
@@ -849,7 +848,7 @@ def cross_entropy(
                 "z_loss_scale and inplace_backward apply to class-index targets; a target of "
                 "input's shape holds class probabilities and runs the reference path"
             )
-        return reference_cross_entropy(
+        return reference_softmax.cross_entropy(
             input,
             target,
             weight,
@@ -926,14 +925,10 @@ def softmax_focal_loss(
 # --- Modules ----------------------------------------------------------------------------------
 
 
-class CrossEntropyLoss(nn.Module):
-    """Module form of :func:`cross_entropy`; ``weight`` is a buffer, as in torch's module.
-
-    As in reference.softmax.CrossEntropyLoss, torch's deprecated ``size_average`` and ``reduce``
-    are left out, so every argument after ``weight`` is keyword-only.
-    """
-
-    weight: torch.Tensor | None
+class CrossEntropyLoss(reference_softmax.CrossEntropyLoss):
+    """Module form of :func:`cross_entropy`: the arguments and buffers of
+    reference.softmax.CrossEntropyLoss (torch's, less the deprecated ones), plus the fused
+    kernel's ``z_loss_scale`` and ``inplace_backward``."""
 
     def __init__(
         self,
@@ -945,12 +940,12 @@ class CrossEntropyLoss(nn.Module):
         z_loss_scale: float = 0.0,
         inplace_backward: bool = False,
     ) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        self.register_buffer("weight", weight)
-        self.ignore_index = ignore_index
-        self.reduction = reduction
-        self.label_smoothing = label_smoothing
+        super().__init__(
+            weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
         self.z_loss_scale = z_loss_scale
         self.inplace_backward = inplace_backward
 
@@ -967,27 +962,8 @@ class CrossEntropyLoss(nn.Module):
         )
 
 
-class SoftmaxFocalLoss(nn.Module):
-    """Module form of :func:`softmax_focal_loss`; a tensor ``alpha`` is a buffer, a float is not."""
+class SoftmaxFocalLoss(reference_softmax.SoftmaxFocalLoss):
+    """Module form of :func:`softmax_focal_loss`: the constructor and buffers of
+    reference.softmax.SoftmaxFocalLoss, the fused kernel."""
 
-    def __init__(
-        self,
-        alpha: float | torch.Tensor | None = None,
-        gamma: float = 2.0,
-        ignore_index: int = -100,
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        if isinstance(alpha, torch.Tensor):
-            self.register_buffer("alpha", alpha)
-        else:
-            self.alpha = alpha
-        self.gamma = gamma
-        self.ignore_index = ignore_index
-        self.reduction = reduction
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return softmax_focal_loss(
-            input, target, self.alpha, self.gamma, self.ignore_index, self.reduction
-        )
+    function = staticmethod(softmax_focal_loss)

@@ -265,10 +265,11 @@ class BCEWithLogitsLoss(nn.Module):
         self.register_buffer("weight", weight)
         self.register_buffer("pos_weight", pos_weight)
 
+    # kernels.BCEWithLogitsLoss swaps in the fused function; the arguments stay these.
+    function = staticmethod(binary_cross_entropy_with_logits)
+
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return binary_cross_entropy_with_logits(
-            input, target, self.weight, self.reduction, self.pos_weight
-        )
+        return self.function(input, target, self.weight, self.reduction, self.pos_weight)
 
 
 class SigmoidFocalLoss(nn.Module):
@@ -285,5 +286,8 @@ class SigmoidFocalLoss(nn.Module):
         self.gamma = gamma
         self.reduction = reduction
 
+    # kernels.SigmoidFocalLoss swaps in the fused function; the arguments stay these.
+    function = staticmethod(sigmoid_focal_loss)
+
     def forward(self, inputs: Tensor, targets: Tensor) -> Tensor:
-        return sigmoid_focal_loss(inputs, targets, self.alpha, self.gamma, self.reduction)
+        return self.function(inputs, targets, self.alpha, self.gamma, self.reduction)

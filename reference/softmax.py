@@ -352,7 +352,10 @@ class SoftmaxFocalLoss(nn.Module):
         self.ignore_index = ignore_index
         self.reduction = reduction
 
+    # kernels.SoftmaxFocalLoss swaps in the fused function; the arguments stay these.
+    function = staticmethod(softmax_focal_loss)
+
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return softmax_focal_loss(
+        return self.function(
             input, target, self.alpha, self.gamma, self.ignore_index, self.reduction
         )
