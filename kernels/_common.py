@@ -68,6 +68,20 @@ def check_kernel_device(**tensors: torch.Tensor | None) -> None:
         raise ValueError(f"all tensors must be on one device, got {listing}")
 
 
+def check_no_gradient_wanted(module: str, **tensors: torch.Tensor | None) -> None:
+    """Raise ``NotImplementedError`` if a tensor given requires grad while autograd records.
+
+    The kernels differentiate their logits (and soft targets) only; a weight that wants a
+    gradient would otherwise silently get none. ``module`` names the reference to use instead.
+    """
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.requires_grad and torch.is_grad_enabled():
+            raise NotImplementedError(
+                f"{name} requires grad, but these kernels give no gradient for it: detach it, "
+                f"or use {module}"
+            )
+
+
 def multiprocessor_count(device: torch.device) -> int:
     """Streaming multiprocessors of ``device``: the width of a persistent grid.
 

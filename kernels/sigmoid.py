@@ -70,7 +70,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels._common import REDUCTION_CODES, check_kernel_device, scale_unless_one_
+from kernels._common import (
+    REDUCTION_CODES,
+    check_kernel_device,
+    check_no_gradient_wanted,
+    scale_unless_one_,
+)
 from reference import sigmoid as reference_sigmoid
 from reference._checks import (
     check_broadcasts_to,
@@ -390,11 +395,7 @@ def _check_arguments(
         if tensor is None:
             continue
         check_floating(name, tensor)
-        if tensor.requires_grad and torch.is_grad_enabled():
-            raise NotImplementedError(
-                f"{name} requires grad, but these kernels give no gradient for it: detach it, "
-                f"or use reference.sigmoid"
-            )
+    check_no_gradient_wanted("reference.sigmoid", weight=weight, pos_weight=pos_weight)
     check_kernel_device(
         **{input_name: input, target_name: target}, weight=weight, pos_weight=pos_weight
     )

@@ -51,6 +51,7 @@ from kernels._common import (
     INTERPRETED,
     REDUCTION_CODES,
     check_kernel_device,
+    check_no_gradient_wanted,
     scale_unless_one_,
 )
 from reference import softmax as reference_softmax
@@ -774,6 +775,7 @@ def _check_logits_and_target(
     for name, tensor in per_class.items():
         if tensor is not None:
             check_per_class(name, tensor, input)
+    check_no_gradient_wanted("reference.softmax", **per_class)
     # Shape and dtype of the target on every device; the range of its values only where reading
     # them is free (the CPU): on a GPU it would be a host sync, and a bad label gives a nan row.
     check_class_index_target(input, target, ignore_index, check_values=INTERPRETED)

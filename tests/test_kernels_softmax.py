@@ -609,6 +609,16 @@ BAD_CALLS = {
         "weight is on meta",
         lambda x, t: fused.cross_entropy(x, t, _ones(5, device="meta")),
     ),
+    "weight requiring grad": (
+        NotImplementedError,
+        "weight requires grad",
+        lambda x, t: fused.cross_entropy(x, t, _ones(5).requires_grad_()),
+    ),
+    "alpha requiring grad": (
+        NotImplementedError,
+        "alpha requires grad",
+        lambda x, t: fused.softmax_focal_loss(x, t, _ones(5).requires_grad_()),
+    ),
     "reduction": (ValueError, "reduction", lambda x, t: fused.cross_entropy(x, t, reduction="avg")),
     "label_smoothing": (
         ValueError,
