@@ -43,6 +43,8 @@ Label smoothing (cross_entropy only), eps = ``label_smoothing``, C classes, as t
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -163,6 +165,7 @@ def cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    z_loss_scale: float = 0.0,
 ) -> torch.Tensor:
     """Cross-entropy of logits ``input`` against ``target``; mirrors ``F.cross_entropy``.
 
@@ -176,6 +179,10 @@ def cross_entropy(
             denominator; unused for probability targets.
         reduction: 'none', 'mean' or 'sum'; see the module docstring for what 'mean' divides by.
         label_smoothing: eps in [0, 1]; mixes the target with the uniform distribution.
+        z_loss_scale: z >= 0, not in torch: adds PaLM's z-loss z * logsumexp(x)^2 per
+            non-ignored sample (class-index targets only), unweighted, and under 'mean' divided
+            by the count of non-ignored targets, as Liger-Kernel does; the oracle of
+            ``kernels.cross_entropy``'s option of that name. 0 leaves torch's loss.
 
     Keyword-only after ``weight``: torch's fourth positional argument is the deprecated
     ``size_average``, so positional calls could not mean the same thing here and there.
@@ -185,8 +192,9 @@ def cross_entropy(
         scalar for 'mean' and 'sum', per-sample losses for 'none'.
 
     Raises:
-        ValueError: bad reduction, label_smoothing outside [0, 1], mismatched shapes, a class
-            index outside [0, C) that is not ``ignore_index``, weight not of shape (C,).
+        ValueError: bad reduction, label_smoothing outside [0, 1], z_loss_scale negative or not
+            finite or given with probability targets, mismatched shapes, a class index outside
+            [0, C) that is not ``ignore_index``, weight not of shape (C,).
         TypeError: non-floating input, weight or probability target; non-integer index target;
             weight of another dtype than input.
     """
@@ -195,10 +203,14 @@ def cross_entropy(
     check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if not 0.0 <= z_loss_scale < math.inf:
+        raise ValueError(f"z_loss_scale must be finite and >= 0, got {z_loss_scale}")
     if weight is not None:
         check_per_class("weight", weight, input)
     if target.shape == input.shape:
         check_floating("target of class probabilities", target)
+        if z_loss_scale != 0.0:
+            raise ValueError("z_loss_scale applies to class-index targets, not probabilities")
         result_dtype = torch.promote_types(input.dtype, target.dtype)
         dtype = compute_dtype(result_dtype)
         loss = _cross_entropy_class_probabilities(
@@ -221,6 +233,11 @@ def cross_entropy(
         reduction,
         label_smoothing,
     )
+    if z_loss_scale != 0.0:
+        kept = target != ignore_index
+        log_sum_exp = input.to(dtype).logsumexp(class_dim)
+        z_loss = torch.where(kept, z_loss_scale * log_sum_exp**2, 0.0)
+        loss = loss + _reduce_over_kept(z_loss, reduction, kept.sum())
     return loss.to(input.dtype)
 
 

@@ -50,26 +50,6 @@ def _targets(n_rows: int, n_classes: int, *, ignored: bool, shape: tuple[int, ..
     return target
 
 
-def _reference_cross_entropy(input, target, weight=None, *, z_loss_scale=0.0, **kwargs):
-    """reference.cross_entropy plus z-loss: z * lse^2 per non-ignored row, 'mean' over their count.
-
-    reference/softmax.py has no z-loss; this is the convention kernels/softmax.py documents
-    (Liger-Kernel's): unweighted, divided by the count of non-ignored targets under 'mean'.
-    """
-    loss = reference.cross_entropy(input, target, weight, **kwargs)
-    if z_loss_scale == 0.0:
-        return loss
-    class_dim = 0 if input.dim() == 1 else 1
-    kept = target != kwargs.get("ignore_index", IGNORE)
-    z_loss = torch.where(kept, z_loss_scale * input.logsumexp(class_dim) ** 2, 0.0)
-    reduction = kwargs.get("reduction", "mean")
-    if reduction == "none":
-        return loss + z_loss
-    if reduction == "sum":
-        return loss + z_loss.sum()
-    return loss + z_loss.sum() / kept.sum()
-
-
 def _float64(value):
     return value.double() if isinstance(value, torch.Tensor) else value
 
@@ -126,7 +106,7 @@ def _cross_entropy_case(n_rows, n_classes, option, dtype=torch.float32):
 def test_cross_entropy_each_option(option: str, reduction: str) -> None:
     logits, target, kwargs = _cross_entropy_case(19, 10, option)
     _check_against_reference(
-        fused.cross_entropy, _reference_cross_entropy, logits, target, reduction=reduction, **kwargs
+        fused.cross_entropy, reference.cross_entropy, logits, target, reduction=reduction, **kwargs
     )
 
 
@@ -137,7 +117,7 @@ def test_cross_entropy_class_counts(n_classes: int, reduction: str) -> None:
     n_rows = 33 if n_classes <= 10 else 5
     logits, target, kwargs = _cross_entropy_case(n_rows, n_classes, "all")
     _check_against_reference(
-        fused.cross_entropy, _reference_cross_entropy, logits, target, reduction=reduction, **kwargs
+        fused.cross_entropy, reference.cross_entropy, logits, target, reduction=reduction, **kwargs
     )
 
 
@@ -146,7 +126,7 @@ def test_cross_entropy_upstream_one_skips_scaling(reduction: str) -> None:
     logits, target, kwargs = _cross_entropy_case(9, 7, "all")
     _check_against_reference(
         fused.cross_entropy,
-        _reference_cross_entropy,
+        reference.cross_entropy,
         logits,
         target,
         reduction=reduction,
@@ -161,7 +141,7 @@ def test_cross_entropy_upstream_one_skips_scaling(reduction: str) -> None:
 def test_cross_entropy_half_precision(n_classes: int, dtype: torch.dtype, reduction: str) -> None:
     logits, target, kwargs = _cross_entropy_case(6, n_classes, "all", dtype)
     _check_against_reference(
-        fused.cross_entropy, _reference_cross_entropy, logits, target, reduction=reduction, **kwargs
+        fused.cross_entropy, reference.cross_entropy, logits, target, reduction=reduction, **kwargs
     )
 
 
@@ -181,7 +161,7 @@ def _small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cross_entropy_chunked(n_classes: int, option: str, reduction: str) -> None:
     logits, target, kwargs = _cross_entropy_case(5, n_classes, option)
     _check_against_reference(
-        fused.cross_entropy, _reference_cross_entropy, logits, target, reduction=reduction, **kwargs
+        fused.cross_entropy, reference.cross_entropy, logits, target, reduction=reduction, **kwargs
     )
 
 
@@ -194,7 +174,7 @@ def test_chunked_first_chunk_masked_and_max_in_last_chunk() -> None:
     target = torch.tensor([29, 10, 3], device=DEVICE)
     target[2] = 12
     _check_against_reference(
-        fused.cross_entropy, _reference_cross_entropy, logits, target, reduction="none"
+        fused.cross_entropy, reference.cross_entropy, logits, target, reduction="none"
     )
     _check_against_reference(
         fused.softmax_focal_loss, reference.softmax_focal_loss, logits, target, reduction="sum"
@@ -205,7 +185,7 @@ def test_cross_entropy_50257_classes() -> None:
     # GPT-2's vocabulary: above MAX_FUSED_C, so the real chunk width; two rows keep it quick.
     logits, target, kwargs = _cross_entropy_case(2, 50257, "all")
     _check_against_reference(
-        fused.cross_entropy, _reference_cross_entropy, logits, target, reduction="mean", **kwargs
+        fused.cross_entropy, reference.cross_entropy, logits, target, reduction="mean", **kwargs
     )
 
 
@@ -278,7 +258,7 @@ def test_spatial_input(reduction: str) -> None:
     weight = torch.rand(5, device=DEVICE)
     _check_against_reference(
         fused.cross_entropy,
-        _reference_cross_entropy,
+        reference.cross_entropy,
         logits,
         target,
         weight=weight,
@@ -297,7 +277,7 @@ def test_spatial_input_channels_last_and_sliced() -> None:
     for logits in (channels_last, sliced):
         target = _targets(0, 6, ignored=True, shape=(logits.shape[0], *logits.shape[2:]))
         _check_against_reference(
-            fused.cross_entropy, _reference_cross_entropy, logits, target, reduction="none"
+            fused.cross_entropy, reference.cross_entropy, logits, target, reduction="none"
         )
 
 
@@ -307,7 +287,7 @@ def test_non_contiguous_input(layout: str) -> None:
     assert not logits.is_contiguous()
     target = _targets(9, 10, ignored=True)
     _check_against_reference(
-        fused.cross_entropy, _reference_cross_entropy, logits, target, reduction="sum"
+        fused.cross_entropy, reference.cross_entropy, logits, target, reduction="sum"
     )
 
 
@@ -316,7 +296,7 @@ def test_unbatched_input() -> None:
     target = torch.tensor(4, device=DEVICE)
     for reduction in ("none", "mean"):
         _check_against_reference(
-            fused.cross_entropy, _reference_cross_entropy, logits, target, reduction=reduction
+            fused.cross_entropy, reference.cross_entropy, logits, target, reduction=reduction
         )
 
 
@@ -324,7 +304,7 @@ def test_one_class() -> None:
     logits = _logits(4, 1)
     target = torch.zeros(4, dtype=torch.long, device=DEVICE)
     _check_against_reference(
-        fused.cross_entropy, _reference_cross_entropy, logits, target, reduction="none"
+        fused.cross_entropy, reference.cross_entropy, logits, target, reduction="none"
     )
 
 
@@ -351,7 +331,7 @@ def test_logits_of_plus_minus_1e4(reduction: str) -> None:
     target = _targets(6, 11, ignored=False)
     _check_against_reference(
         fused.cross_entropy,
-        _reference_cross_entropy,
+        reference.cross_entropy,
         logits,
         target,
         label_smoothing=0.1,
@@ -368,7 +348,7 @@ def test_logits_near_1e4_with_label_smoothing() -> None:
     target = _targets(5, 30, ignored=False)
     _check_against_reference(
         fused.cross_entropy,
-        _reference_cross_entropy,
+        reference.cross_entropy,
         logits,
         target,
         label_smoothing=0.5,
@@ -383,7 +363,7 @@ def test_class_masked_with_minus_inf() -> None:
     target[target == 5] = 0
     for reduction in ("none", "sum"):
         _check_against_reference(
-            fused.cross_entropy, _reference_cross_entropy, logits, target, reduction=reduction
+            fused.cross_entropy, reference.cross_entropy, logits, target, reduction=reduction
         )
         _check_against_reference(
             fused.softmax_focal_loss,
@@ -396,7 +376,7 @@ def test_class_masked_with_minus_inf() -> None:
     # With label smoothing the -inf class makes the loss inf (log p = -inf), the gradient finite.
     _check_against_reference(
         fused.cross_entropy,
-        _reference_cross_entropy,
+        reference.cross_entropy,
         logits,
         target,
         label_smoothing=0.1,
@@ -410,7 +390,7 @@ def test_only_some_classes_finite() -> None:
     logits[:, 17] = torch.randn(4, device=DEVICE)
     target = torch.tensor([3, 17, 3, 17], device=DEVICE)
     _check_against_reference(
-        fused.cross_entropy, _reference_cross_entropy, logits, target, reduction="none"
+        fused.cross_entropy, reference.cross_entropy, logits, target, reduction="none"
     )
 
 
@@ -423,7 +403,7 @@ def test_true_class_probability_close_to_one(dtype: torch.dtype) -> None:
     logits[torch.arange(4), target] = 14.0
     logits = (logits + 0.05 * torch.randn(4, 10, device=DEVICE)).to(dtype)
     _check_against_reference(
-        fused.cross_entropy, _reference_cross_entropy, logits, target, reduction="none"
+        fused.cross_entropy, reference.cross_entropy, logits, target, reduction="none"
     )
     _check_against_reference(
         fused.softmax_focal_loss,
@@ -458,7 +438,7 @@ def test_ignore_index_inside_class_range() -> None:
     target = torch.randint(0, 6, (16,), device=DEVICE)
     _check_against_reference(
         fused.cross_entropy,
-        _reference_cross_entropy,
+        reference.cross_entropy,
         logits,
         target,
         ignore_index=2,
@@ -479,7 +459,7 @@ def test_inplace_backward_writes_gradient_over_logits(reduction: str) -> None:
     upstream = torch.rand_like(loss) + 0.5
     loss.backward(upstream)
     expected_input = leaf.detach().double().requires_grad_()
-    expected = _reference_cross_entropy(expected_input, target, reduction=reduction)
+    expected = reference.cross_entropy(expected_input, target, reduction=reduction)
     assert_close(loss, expected, torch.float32, "loss")
     expected.backward(upstream.double())
     assert_close(leaf.grad, expected_input.grad, torch.float32, "input gradient")
@@ -703,7 +683,7 @@ def test_more_than_2_31_elements_bf16(n_classes: int) -> None:
 def test_262144_classes_bf16(reduction: str) -> None:
     logits, target, kwargs = _cross_entropy_case(8, 262144, "all", torch.bfloat16)
     _check_against_reference(
-        fused.cross_entropy, _reference_cross_entropy, logits, target, reduction=reduction, **kwargs
+        fused.cross_entropy, reference.cross_entropy, logits, target, reduction=reduction, **kwargs
     )
     _check_against_reference(
         fused.softmax_focal_loss,

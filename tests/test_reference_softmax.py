@@ -685,3 +685,37 @@ def bad_input_cases():
 def test_bad_input_raises(call, exception, pattern):
     with pytest.raises(exception, match=pattern):
         call()
+
+
+# --- z-loss: not in torch; the oracle of kernels.cross_entropy's z_loss_scale -------------------
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_z_loss_adds_scaled_squared_logsumexp_and_its_gradient(reduction: str) -> None:
+    # z * lse^2 per kept sample, 'mean' over the kept count; d/dx_j = 2 z lse softmax_j. Checked
+    # against torch's cross-entropy plus that term, and the gradient against the formula.
+    z_loss_scale = 0.05
+    logits = (3 * torch.randn(7, 5, dtype=torch.float64)).requires_grad_()
+    target = torch.randint(0, 5, (7,))
+    target[2] = -100
+    kept = target != -100
+    with_z = cross_entropy(logits, target, reduction=reduction, z_loss_scale=z_loss_scale)
+    plain = torch_cross_entropy(logits, target, reduction=reduction)
+    log_sum_exp = logits.logsumexp(1)
+    z_terms = torch.where(kept, z_loss_scale * log_sum_exp**2, 0.0)
+    expected_z = {"none": z_terms, "sum": z_terms.sum(), "mean": z_terms.sum() / kept.sum()}
+    assert_close(with_z, plain + expected_z[reduction], torch.float64, "loss with z-loss")
+
+    upstream = torch.randn_like(with_z)
+    (z_gradient,) = torch.autograd.grad(with_z - plain, logits, upstream)
+    row_scale = {"none": upstream, "sum": upstream, "mean": upstream / kept.sum()}[reduction]
+    expected = (2 * z_loss_scale * log_sum_exp * row_scale * kept)[:, None] * logits.softmax(1)
+    assert_close(z_gradient, expected.detach(), torch.float64, "z-loss gradient")
+
+
+def test_z_loss_rejects_bad_values_and_probability_targets() -> None:
+    logits = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="z_loss_scale must be finite and >= 0"):
+        cross_entropy(logits, torch.zeros(4, dtype=torch.long), z_loss_scale=-1.0)
+    with pytest.raises(ValueError, match="class-index targets"):
+        cross_entropy(logits, torch.rand(4, 3).softmax(1), z_loss_scale=0.1)
