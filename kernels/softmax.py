@@ -511,6 +511,9 @@ class _LossOptions:
     focal: bool
     ignore_index: int
     reduction: str
+    # Whether autograd will want the input's gradient: decided outside Function.forward, where
+    # grad mode is always off, so that torch.no_grad() writes no gradient (nor over the logits).
+    compute_grad: bool
     label_smoothing: float = 0.0
     z_loss_scale: float = 0.0
     gamma: float = 0.0
@@ -669,7 +672,7 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         logits, rows_target = _as_rows(input, target)
         n_rows = rows_target.numel()
         reduction = options.reduction
-        wants_grad = ctx.needs_input_grad[0]
+        wants_grad = options.compute_grad
         grad = None
         if wants_grad and reduction != "none":
             grad = (
@@ -863,12 +866,14 @@ def cross_entropy(
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     if not 0.0 <= z_loss_scale < math.inf:
         raise ValueError(f"z_loss_scale must be finite and >= 0, got {z_loss_scale}")
-    if inplace_backward and input.requires_grad and torch.is_grad_enabled():
+    compute_grad = input.requires_grad and torch.is_grad_enabled()
+    if inplace_backward and compute_grad:
         _check_inplace(input)
     options = _LossOptions(
         focal=False,
         ignore_index=int(ignore_index),
         reduction=reduction,
+        compute_grad=compute_grad,
         label_smoothing=float(label_smoothing),
         z_loss_scale=float(z_loss_scale),
         inplace_backward=inplace_backward,
@@ -918,6 +923,7 @@ def softmax_focal_loss(
         focal=True,
         ignore_index=int(ignore_index),
         reduction=reduction,
+        compute_grad=input.requires_grad and torch.is_grad_enabled(),
         gamma=float(gamma),
         focal_alpha=1.0 if alpha is None or alpha_tensor is not None else float(alpha),
     )

@@ -693,3 +693,28 @@ def test_262144_classes_bf16(reduction: str) -> None:
         alpha=kwargs["weight"],
         reduction=reduction,
     )
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("focal", [False, True])
+def test_no_grad_writes_no_gradient(
+    monkeypatch: pytest.MonkeyPatch, reduction: str, focal: bool
+) -> None:
+    # Under torch.no_grad() autograd wants nothing, even from logits that require grad: the
+    # kernel must read the logits only, and inplace_backward must leave them as they were.
+    launches = []
+    launch = fused._launch
+    monkeypatch.setattr(fused, "_launch", lambda *a, **k: launches.append(k) or launch(*a, **k))
+    logits = _logits(6, 5).requires_grad_() * 1.0  # not a leaf: inplace_backward may take it
+    target = _targets(6, 5, ignored=True)
+    before = logits.detach().clone()
+    with torch.no_grad():
+        if focal:
+            loss = fused.softmax_focal_loss(logits, target, reduction=reduction)
+            expected = reference.softmax_focal_loss(logits, target, reduction=reduction)
+        else:
+            loss = fused.cross_entropy(logits, target, reduction=reduction, inplace_backward=True)
+            expected = reference.cross_entropy(logits, target, reduction=reduction)
+    assert torch.equal(logits.detach(), before)
+    assert [launch_kwargs.get("grad") for launch_kwargs in launches] == [None]
+    assert_close(loss, expected.double(), torch.float32, "loss under no_grad")
