@@ -50,6 +50,7 @@ from bench.cases import LOSSES, LossFunction, UnavailableError, load_implementat
 from bench.measure import synchronize
 from bench.report import (
     PROVENANCE_COLUMNS,
+    REPOSITORY_ROOT,
     bench_device,
     device_folder,
     device_name,
@@ -673,6 +674,14 @@ _STYLES = {
 }
 
 
+def load_convergence(csv_path: Path):
+    """A convergence CSV as a pandas DataFrame, the provenance columns as text (a commit such
+    as '1234567e8901' is not a number)."""
+    import pandas as pd
+
+    return pd.read_csv(csv_path, dtype=dict.fromkeys(PROVENANCE_COLUMNS, str))
+
+
 def plot_convergence(csv_path: Path, png_path: Path) -> None:
     """Plot a convergence CSV: one row of panels per (task, loss), written atomically as PNG.
 
@@ -684,9 +693,8 @@ def plot_convergence(csv_path: Path, png_path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pandas as pd
 
-    frame = pd.read_csv(csv_path)
+    frame = load_convergence(csv_path)
     pairs = list(dict.fromkeys(zip(frame["task"], frame["loss"], strict=True)))
     figure, axes = plt.subplots(len(pairs), 3, figsize=(16, 3.4 * len(pairs)), squeeze=False)
     for row, (task, loss) in enumerate(pairs):
@@ -807,6 +815,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _names_of(known: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of names, each one of ``known``."""
+
+    def names(text: str) -> list[str]:
+        parsed = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in parsed if name not in known]
+        if unknown or not parsed:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {unknown or text!r}; known: {', '.join(known)}"
+            )
+        return parsed
+
+    return names
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench convergence",
@@ -829,10 +852,9 @@ def _parser() -> argparse.ArgumentParser:
         parser.add_argument(
             option,
             nargs="+",
-            default=names,
-            choices=names,
+            type=_names_of(names, option),
             metavar=metavar,
-            help=f"{what}, of {', '.join(names)} (default: all)",
+            help=f"{what}, of {', '.join(names)}, comma- or space-separated (default: all)",
         )
     parser.add_argument(
         "--data",
@@ -843,7 +865,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", type=Path, help="folder holding MNIST/raw (--data mnist)")
     parser.add_argument("--download", action="store_true", help="download MNIST into --data-root")
     parser.add_argument(
-        "--results-dir", type=Path, help="where to write (default: results/<device>)"
+        "--results-dir",
+        type=Path,
+        help="where to write (default: results/<device> in the repository)",
     )
     parser.add_argument(
         "--max-steps", type=_positive_int, help="stop every epoch after this many steps"
@@ -857,6 +881,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """The command line's options: --tasks, --losses and --impls as flat lists of names (all
+    when not given), --results-dir as given or ``default_results_folder``'s (None until the
+    device is known)."""
+    arguments = _parser().parse_args(argv)
+    for option, names in (("tasks", TASKS), ("losses", LOSSES), ("impls", IMPLEMENTATIONS)):
+        given = getattr(arguments, option)
+        chosen = list(names) if given is None else [name for group in given for name in group]
+        setattr(arguments, option, list(dict.fromkeys(chosen)))
+    return arguments
+
+
+def default_results_folder(device: torch.device) -> Path:
+    """results/<device> of the repository, wherever the command runs from."""
+    return REPOSITORY_ROOT / "results" / device_folder(device)
 
 
 def _load_data(arguments: argparse.Namespace) -> DigitData:
@@ -875,7 +916,7 @@ def main(argv: list[str]) -> int:
     Returns 0 on success and 1, after printing why, when the run cannot start (an implementation
     or the data set is missing, or options contradict each other).
     """
-    arguments = _parser().parse_args(argv)
+    arguments = parse_arguments(argv)
     device = bench_device()
     threads = torch.get_num_threads()
     if device.type == "cpu":
@@ -906,7 +947,7 @@ def _run(arguments: argparse.Namespace, device: torch.device) -> int:
     except ConvergenceError as error:
         print(f"convergence: {error}", file=sys.stderr)
         return 1
-    results_dir = arguments.results_dir or Path("results") / device_folder(device)
+    results_dir = arguments.results_dir or default_results_folder(device)
     write_csv(results_rows(runs, data, config, device), results_dir / CSV_NAME)
     plot_convergence(results_dir / CSV_NAME, results_dir / PLOT_NAME)
     print(summary_table(runs))

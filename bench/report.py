@@ -28,6 +28,7 @@ import torch
 CSV_NAME = "benchmarks.csv"
 SUMMARY_NAME = "SUMMARY.md"
 PLOTS_DIR = "plots"
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
 PROVENANCE_COLUMNS = [
     "run_date",
@@ -123,11 +124,15 @@ def git_commit() -> str:
     """
     if os.environ.get("LOSSBENCH_GIT_COMMIT"):
         return os.environ["LOSSBENCH_GIT_COMMIT"]
-    root = Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30
+            ["git", *args],
+            cwd=REPOSITORY_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
         ).stdout.strip()
 
     try:
@@ -204,8 +209,9 @@ def case_key(row: Mapping[str, object]) -> tuple[str, ...]:
 class ResultsFile:
     """The CSV of a results folder: earlier rows, replaced case by case as this run measures.
 
-    ``record`` replaces every earlier row of the case; ``write`` rewrites the whole file
-    atomically. Rows of cases this run did not measure keep their own provenance.
+    ``record`` replaces every earlier row of the case it measured; ``write`` rewrites the whole
+    file atomically. Rows of cases this run did not measure (or only skipped) keep their own
+    provenance.
     """
 
     def __init__(self, folder: Path, run_provenance: Mapping[str, str]) -> None:
@@ -227,7 +233,14 @@ class ResultsFile:
         """Replace the rows of ``case`` (the CASE_COLUMNS) by ``metrics``.
 
         Each metric is ``(name, value)`` or ``(name, value, note)``; units come from ``UNITS``.
+        A case this run only skipped (no metric but ``skipped``) measured nothing: its earlier
+        measurements, if any, are kept and the skip is not recorded.
         """
+        metrics = list(metrics)
+        earlier = self.rows_by_case.get(case_key(case), [])
+        skipped_only = all(name == "skipped" for name, *_ in metrics)
+        if skipped_only and any(row["metric"] != "skipped" for row in earlier):
+            return
         rows = []
         for name, value, *note in metrics:
             rows.append(
@@ -251,10 +264,12 @@ class ResultsFile:
 
 
 def load_results(folder: Path):
-    """The CSV of ``folder`` as a pandas DataFrame (value as float, batch and classes as int)."""
+    """The CSV of ``folder`` as a pandas DataFrame (value as float, batch and classes as int,
+    the provenance columns as text: a commit such as '1234567e8901' is not a number)."""
     import pandas as pd
 
-    frame = pd.read_csv(Path(folder) / CSV_NAME, dtype={"note": str, "unit": str})
+    text_columns = [*PROVENANCE_COLUMNS, "note", "unit"]
+    frame = pd.read_csv(Path(folder) / CSV_NAME, dtype=dict.fromkeys(text_columns, str))
     missing = set(COLUMNS) - set(frame.columns)
     if missing:
         raise ValueError(f"{folder / CSV_NAME} lacks columns {sorted(missing)}")
@@ -267,10 +282,12 @@ def case_table(frame):
     """One row per case, one column per metric, with the headline speed columns added.
 
     ``time_ms``, ``gbps`` and ``roofline``: do_bench's figures where the case has them (GPU),
-    else pytest-benchmark's. ``speedup``: torch eager's ``time_ms`` at the same loss, dtype,
-    shape and pass over this case's.
+    else pytest-benchmark's. ``speedup``: torch eager's ``time_ms`` of the same run (``run_date``)
+    at the same loss, dtype, shape and pass over this case's; NaN where that run did not time
+    torch eager there.
     """
-    wide = frame.pivot_table(index=CASE_COLUMNS, columns="metric", values="value", aggfunc="last")
+    index = ["run_date", *CASE_COLUMNS]
+    wide = frame.pivot_table(index=index, columns="metric", values="value", aggfunc="last")
     wide = wide.reset_index()
     wide.columns.name = None
     for metric in UNITS:
@@ -280,7 +297,7 @@ def case_table(frame):
     wide["time_ms"] = wide["do_bench_median"].where(on_gpu, wide["time_median"])
     wide["gbps"] = wide["throughput_do_bench"].where(on_gpu, wide["throughput"])
     wide["roofline"] = wide["roofline_fraction_do_bench"].where(on_gpu, wide["roofline_fraction"])
-    shape = ["loss", "dtype", "batch", "classes", "pass"]
+    shape = ["run_date", "loss", "dtype", "batch", "classes", "pass"]
     eager = wide[wide["impl"] == "torch"].set_index(shape)["time_ms"].rename("torch_ms")
     wide = wide.join(eager, on=shape)
     wide["speedup"] = wide["torch_ms"] / wide["time_ms"]
@@ -360,7 +377,8 @@ def _title(frame, what: str, loss: str, dtype: str) -> str:
 
 def plot_throughput(wide, frame, folder: Path) -> list[Path]:
     """Per loss and dtype: effective GB/s against class count per implementation, log-x, with
-    the copy bandwidth measured in the same run as a horizontal line; one panel per pass."""
+    the copy bandwidth measured in the same run as a horizontal line (one per run where the CSV
+    mixes runs); one panel per pass."""
     import matplotlib.pyplot as plt
 
     written = []
@@ -381,9 +399,12 @@ def plot_throughput(wide, frame, folder: Path) -> list[Path]:
             at_batch = group[(group["batch"] == batch) & (group["pass"] == pass_)]
             for impl, line in at_batch.sort_values("classes").groupby("impl"):
                 axis.plot(line["classes"], line["gbps"], marker="o", label=impl)
-            copy = group["copy_bandwidth"].median()
-            if not math.isnan(copy):
-                axis.axhline(copy, color="black", linestyle="--", label=f"copy {copy:.0f} GB/s")
+            copies = group.groupby("run_date")["copy_bandwidth"].median().dropna()
+            for run_date, copy in copies.items():
+                run = f", run {run_date}" if len(copies) > 1 else ""
+                axis.axhline(
+                    copy, color="black", linestyle="--", label=f"copy {copy:.0f} GB/s{run}"
+                )
             axis.set_xscale("log")
             axis.set_yscale("log")
             axis.set_xlabel("classes C (log scale)")
@@ -494,7 +515,6 @@ def summary_markdown(frame) -> str:
     """SUMMARY.md: best implementation per shape, speedups over torch eager, agreement, skips."""
     wide = case_table(frame)
     names = ", ".join(sorted(set(frame["device_name"].dropna().astype(str))))
-    copy = wide["copy_bandwidth"].dropna()
     lines = [
         f"# Benchmark summary: {names}",
         "",
@@ -503,9 +523,9 @@ def summary_markdown(frame) -> str:
         "Time: triton.testing.do_bench median on a GPU, else pytest-benchmark median; the device "
         "is synchronised. Bandwidth: bytes moved (each input read once, each output written "
         "once) over that time; 'of copy' is its fraction of the device-to-device copy "
-        "bandwidth measured in the same run"
-        + (f" ({copy.median():.1f} GB/s)." if len(copy) else "."),
-        "Speedup: torch eager's time over the implementation's, same run, same shape.",
+        f"bandwidth measured in the same run{_copy_bandwidths(wide)}.",
+        "Speedup: torch eager's time over the implementation's, same run, same shape ('-' where "
+        "that run did not time torch eager at that shape).",
         "",
     ]
     headline = headline_table(frame)
@@ -544,6 +564,17 @@ def summary_markdown(frame) -> str:
     lines += _noted_section(frame, "error", "Cases that raised an exception")
     lines += _noted_section(frame, "skipped", "Skipped cases")
     return "\n".join(lines) + "\n"
+
+
+def _copy_bandwidths(wide) -> str:
+    """' (12.3 GB/s)' for one run, ' (per run: <run_date> 12.3 GB/s, ...)' for several."""
+    per_run = wide.groupby("run_date")["copy_bandwidth"].median().dropna()
+    if per_run.empty:
+        return ""
+    if len(per_run) == 1:
+        return f" ({per_run.iloc[0]:.1f} GB/s)"
+    runs = ", ".join(f"{run_date} {copy:.1f} GB/s" for run_date, copy in per_run.items())
+    return f" (per run: {runs})"
 
 
 def _agreement_section(wide) -> list[str]:
@@ -592,7 +623,11 @@ def _noted_section(frame, metric: str, title: str) -> list[str]:
 
 
 def regenerate(folder: Path) -> list[Path]:
-    """Redraw every plot and SUMMARY.md of a results folder from its CSV alone."""
+    """Redraw every plot and SUMMARY.md of a results folder from its CSV alone.
+
+    Plots this redraw did not write (of groups the CSV no longer holds) are deleted, so that
+    plots/ never contradicts the CSV.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -605,6 +640,8 @@ def regenerate(folder: Path) -> list[Path]:
         *plot_speedup_heatmaps(wide, frame, plots),
         *plot_peak_memory(wide, frame, plots),
     ]
+    for stale in set(plots.glob("*.png")) - set(written):
+        stale.unlink()
     summary = folder / SUMMARY_NAME
     write_atomically(summary, summary_markdown(frame))
     return [*written, summary]

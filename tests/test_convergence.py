@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -334,6 +335,36 @@ def test_missing_implementation_is_named(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(convergence.ConvergenceError, match=r"triton .*kernels\.softmax"):
         convergence.loss_function("triton", "cross_entropy")
     assert convergence.main(["--impls", "triton", "--no-progress"]) == 1
+
+
+def test_cli_lists_are_comma_or_space_separated() -> None:
+    arguments = convergence.parse_arguments(["--impls", "torch,reference", "--tasks", "binary"])
+    assert arguments.impls == ["torch", "reference"]
+    assert arguments.tasks == ["binary"]
+    assert arguments.losses == list(convergence.LOSSES)
+    spaced = convergence.parse_arguments(["--impls", "triton", "torch,reference", "triton"])
+    assert spaced.impls == ["triton", "torch", "reference"]
+    with pytest.raises(SystemExit):
+        convergence.parse_arguments(["--impls", "torch,jax"])
+
+
+def test_default_results_folder_is_the_repositorys(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    repository = Path(__file__).resolve().parent.parent
+    folder = convergence.default_results_folder(DEVICE)
+    assert folder == repository / "results" / device_folder(DEVICE)
+
+
+def test_provenance_columns_are_read_as_text(tmp_path) -> None:
+    row = dict.fromkeys(convergence.CSV_COLUMNS, "1")
+    row |= {"git_commit": "1234567e8901", "device_name": "4090", "python": "3.10"}
+    path = tmp_path / convergence.CSV_NAME
+    pd.DataFrame([row]).to_csv(path, index=False)
+    frame = convergence.load_convergence(path)
+    assert frame.at[0, "git_commit"] == "1234567e8901"
+    assert frame.at[0, "device_name"] == "4090" and frame.at[0, "python"] == "3.10"
 
 
 def test_tiny_run_writes_csv_and_plot(tmp_path) -> None:

@@ -5,6 +5,7 @@ Fast and CPU-only: no test here times anything or asserts on a timing.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -285,6 +286,25 @@ def test_a_new_run_replaces_its_cases_and_keeps_the_others(tmp_path: Path) -> No
     assert frame.at["triton", "run_date"].startswith("2026-02")
 
 
+def test_a_rerun_that_only_skips_a_case_keeps_its_earlier_measurements(tmp_path: Path) -> None:
+    first = report.ResultsFile(tmp_path, PROVENANCE)
+    first.record(_case("triton", 8, 10), [("time_median", 1.0), ("agreement", 1)])
+    first.write()
+    second = report.ResultsFile(tmp_path, {**PROVENANCE, "run_date": "2026-02-02T00:00:00Z"})
+    second.record(_case("triton", 8, 10), [("skipped", None, "time budget")])
+    second.record(_case("torch", 8, 10), [("skipped", None, "time budget")])
+    second.write()
+    frame = report.load_results(tmp_path)
+    triton = frame[frame["impl"] == "triton"].set_index("metric")
+    assert sorted(triton.index) == ["agreement", "time_median"]
+    assert triton.at["time_median", "value"] == 1.0
+    assert triton.at["time_median", "run_date"].startswith("2026-01")
+    # A case with no earlier measurement records its skip.
+    torch_rows = frame[frame["impl"] == "torch"]
+    assert torch_rows["metric"].tolist() == ["skipped"]
+    assert torch_rows["note"].tolist() == ["time budget"]
+
+
 @pytest.mark.parametrize("failing", ["fsync", "replace"])
 def test_an_interrupted_write_leaves_the_earlier_file_intact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
@@ -301,6 +321,19 @@ def test_an_interrupted_write_leaves_the_earlier_file_intact(
     monkeypatch.undo()
     assert path.read_text() == "earlier results\n"
     assert os.listdir(tmp_path) == ["benchmarks.csv"]  # no temporary file left behind
+
+
+def test_provenance_columns_are_read_as_text(tmp_path: Path) -> None:
+    commits = {"1234567e8901": 10, "123456789012": 20}
+    for commit, classes in commits.items():
+        results = report.ResultsFile(tmp_path, {**PROVENANCE, "git_commit": commit})
+        results.record(_case("torch", 8, classes), [("time_median", 1.0)])
+        results.write()
+    frame = report.load_results(tmp_path)
+    assert frame.set_index("classes")["git_commit"].to_dict() == {
+        classes: commit for commit, classes in commits.items()
+    }
+    assert "git_commit 123456789012, 1234567e8901" in report.summary_markdown(frame)
 
 
 def test_a_csv_with_other_columns_is_refused(tmp_path: Path) -> None:
@@ -359,11 +392,42 @@ def test_plots_and_summary_are_regenerated_from_the_csv_alone(tmp_path: Path) ->
     assert "Liger-Kernel needs a CUDA GPU" in summary
 
 
+def test_regenerate_deletes_plots_the_csv_no_longer_backs(tmp_path: Path) -> None:
+    stale = tmp_path / report.PLOTS_DIR / "throughput_sigmoid_focal_loss_bf16.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"a plot of rows that are gone")
+    _hand_made_results(tmp_path)
+    written = report.regenerate(tmp_path)
+    assert not stale.exists()
+    on_disk = set((tmp_path / report.PLOTS_DIR).iterdir())
+    assert on_disk == {path for path in written if path.suffix == ".png"}
+
+
 def test_headline_table_shows_speedups_and_copy_fractions(tmp_path: Path) -> None:
     _hand_made_results(tmp_path)
     table = report.headline_table(report.load_results(tmp_path))
     # No peer shape was measured: the largest shape, 64 x 1000, where triton is 2x.
     assert "| cross_entropy | fp32 | 64 x 1000 | 2 ms | 2.00x" in table
+
+
+def test_speedups_and_copy_bandwidth_never_mix_runs(tmp_path: Path) -> None:
+    first = report.ResultsFile(tmp_path, PROVENANCE)
+    for impl, milliseconds in (("torch", 2.0), ("triton", 0.5)):
+        first.record(_case(impl, 8, 10), [("time_median", milliseconds), ("copy_bandwidth", 10.0)])
+    first.write()
+    second_date = "2026-02-02T00:00:00Z"
+    second = report.ResultsFile(tmp_path, {**PROVENANCE, "run_date": second_date})
+    second.record(_case("torch", 8, 10), [("time_median", 1.0), ("copy_bandwidth", 20.0)])
+    second.write()
+    frame = report.load_results(tmp_path)
+    wide = report.case_table(frame).set_index("impl")
+    # triton's torch eager (2 ms) was replaced by another run's: no speedup across runs.
+    assert math.isnan(wide.at["triton", "torch_ms"])
+    assert wide.at["torch", "speedup"] == 1.0
+    summary = report.summary_markdown(frame)
+    assert "triton 4.00x" not in summary and "triton 2.00x" not in summary
+    assert f"per run: {PROVENANCE['run_date']} 10.0 GB/s, {second_date} 20.0 GB/s" in summary
+    assert "15.0 GB/s" not in summary
 
 
 def test_summary_lists_a_disagreeing_case(tmp_path: Path) -> None:
