@@ -9,7 +9,6 @@ seeds per test: fresh each run, replayable with LOSSBENCH_SEED.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -29,15 +28,6 @@ DEVICE = bench_device()
 TRAINING_STEPS = 4
 
 PAIRS = [(task, loss) for task in convergence.TASKS for loss in convergence.TASKS[task].losses]
-
-
-@pytest.fixture(autouse=True)
-def _one_cpu_thread() -> Iterator[None]:
-    """Train on one thread, as the command does on the CPU (DEFAULT_CPU_THREADS says why)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(convergence.DEFAULT_CPU_THREADS)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
