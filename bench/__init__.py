@@ -2,4 +2,4 @@
 
 # First, before torch's profiler, torch.compile or torchvision import triton: without a GPU,
 # kernels switches Triton to its interpreter, which works only before triton is imported.
-import kernels  # noqa: F401
+import lossbench.kernels  # noqa: F401

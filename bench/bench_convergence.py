@@ -1,10 +1,10 @@
 """One training epoch of the article's digit CNN per loss implementation: the speed a user feels.
 
-Each case trains the CNN of bench/convergence.py for one epoch of scikit-learn's 8x8 digits (1437
-images: 45 Adam steps of batch 32, the whole step: batch gather, forward, loss, backward, update)
-with one implementation of one loss, in float32 on the bench device. What is timed: one epoch,
-the device synchronised at its end (pytest-benchmark's rounds, each from the same initial weights
-and batches; model and optimizer are built outside the timed region).
+Each case trains the CNN of lossbench.bench.convergence for one epoch of scikit-learn's 8x8
+digits (1437 images: 45 Adam steps of batch 32, the whole step: batch gather, forward, loss,
+backward, update) with one implementation of one loss, in float32 on the bench device. What is
+timed: one epoch, the device synchronised at its end (pytest-benchmark's rounds, each from the
+same initial weights and batches; model and optimizer are built outside the timed region).
 
 Before timing, the case trains that epoch untimed (which also warms up) and compares its step
 losses with torch's from the same weights and batches: a disagreement beyond the fp32 tolerance
@@ -20,21 +20,33 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-from bench import convergence
-from bench.measure import synchronize
-from bench.session import BenchSession
-from reference.tolerance import relative_error, tolerance
+from lossbench.bench.cases import LossFunction
+from lossbench.bench.convergence import ConvergenceError
+from lossbench.bench.convergence.data import TASKS, DigitData, Task, load_digits_data
+from lossbench.bench.convergence.model import build_model_and_optimizer, initial_state
+from lossbench.bench.convergence.train import (
+    BATCH_SIZE,
+    DEFAULT_CPU_THREADS,
+    TRAINED_IMPLEMENTATIONS,
+    TrainingConfig,
+    exact_float32,
+    train_epoch,
+    trained_implementation,
+)
+from lossbench.bench.measure import synchronize
+from lossbench.bench.session import BenchSession
+from lossbench.reference.tolerance import relative_error, tolerance
 
 SEED = 0
 TINY_PRESET_STEPS = 4
 ROUNDS = {"cpu": 3, "cuda": 10}
 
-PAIRS = [(task, loss) for task in convergence.TASKS for loss in convergence.TASKS[task].losses]
+PAIRS = [(task, loss) for task in TASKS for loss in TASKS[task].losses]
 
 
 @pytest.fixture(scope="module")
-def digits(bench_device: torch.device) -> convergence.DigitData:
-    return convergence.load_digits_data().to(bench_device)
+def digits(bench_device: torch.device) -> DigitData:
+    return load_digits_data().to(bench_device)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,7 +54,7 @@ def _cpu_threads(bench_device: torch.device) -> Iterator[None]:
     """Train on the CPU with the thread count of the convergence command (it says why)."""
     threads = torch.get_num_threads()
     if bench_device.type == "cpu":
-        torch.set_num_threads(convergence.DEFAULT_CPU_THREADS)
+        torch.set_num_threads(DEFAULT_CPU_THREADS)
     yield
     torch.set_num_threads(threads)
 
@@ -54,30 +66,27 @@ def torch_epoch_losses() -> dict[tuple[str, str, int], torch.Tensor]:
 
 
 def _epoch(
-    data: convergence.DigitData,
-    task: convergence.Task,
-    compute_loss: convergence.LossFunction,
+    data: DigitData,
+    task: Task,
+    compute_loss: LossFunction,
     state: dict[str, torch.Tensor],
     order: torch.Tensor,
     steps: int,
     device: torch.device,
 ) -> Callable[[], torch.Tensor]:
     """A fresh model from ``state`` and its Adam optimizer, and the call training one epoch."""
-    model = convergence.DigitCNN(*data.image_size, task.n_outputs)
-    model.load_state_dict(state)
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=convergence.LEARNING_RATE)
+    model, optimizer = build_model_and_optimizer(task, data.image_size, state, device)
     targets = task.targets(data.train_labels)
 
     def train_one_epoch() -> torch.Tensor:
-        losses = convergence.train_epoch(
+        losses = train_epoch(
             model,
             optimizer,
             compute_loss,
             data.train_images,
             targets,
             order,
-            convergence.BATCH_SIZE,
+            BATCH_SIZE,
             steps,
         )
         synchronize(device)
@@ -86,13 +95,13 @@ def _epoch(
     return train_one_epoch
 
 
-@pytest.mark.parametrize("impl", convergence.IMPLEMENTATIONS)
+@pytest.mark.parametrize("impl", TRAINED_IMPLEMENTATIONS)
 @pytest.mark.parametrize(("task_name", "loss"), PAIRS)
 def test_training_epoch(
     benchmark,
     bench_session: BenchSession,
     bench_device: torch.device,
-    digits: convergence.DigitData,
+    digits: DigitData,
     torch_epoch_losses: dict[tuple[str, str, int], torch.Tensor],
     task_name: str,
     loss: str,
@@ -101,28 +110,29 @@ def test_training_epoch(
     if impl not in bench_session.impls or loss not in bench_session.losses:
         pytest.skip("not selected by --impls / --losses")
     try:
-        compute_loss = convergence.loss_function(impl, loss)
-    except convergence.ConvergenceError as error:
+        implementation = trained_implementation(impl, loss)
+    except ConvergenceError as error:
         pytest.skip(str(error))
-    if convergence.ran_in_interpreter(impl):
+    if implementation.interpreted:
         pytest.skip("interpreter time is not kernel speed")
-    task = convergence.TASKS[task_name]
+    compute_loss = implementation.function
+    task = TASKS[task_name]
     n_train = len(digits.train_labels)
-    steps = convergence.TrainingConfig(
+    steps = TrainingConfig(
         epochs=1,
         max_steps_per_epoch=TINY_PRESET_STEPS if bench_session.preset.name == "tiny" else None,
     ).steps_per_epoch(n_train)
-    state = convergence.initial_state(task, digits.image_size, SEED)
+    state = initial_state(task, digits.image_size, SEED)
     order = torch.randperm(n_train, generator=torch.Generator().manual_seed(SEED))
     order = order.to(bench_device)
 
-    def epoch_of(function: convergence.LossFunction) -> Callable[[], torch.Tensor]:
+    def epoch_of(function: LossFunction) -> Callable[[], torch.Tensor]:
         return _epoch(digits, task, function, state, order, steps, bench_device)
 
-    with convergence.exact_float32():
+    with exact_float32():
         key = (task_name, loss, steps)
         if key not in torch_epoch_losses:
-            torch_function = convergence.loss_function("torch", loss)
+            torch_function = trained_implementation("torch", loss).function
             torch_epoch_losses[key] = epoch_of(torch_function)().cpu()
         losses = epoch_of(compute_loss)().cpu()
         error = relative_error(losses, torch_epoch_losses[key])
@@ -136,8 +146,8 @@ def test_training_epoch(
             loss=loss,
             impl=impl,
             steps=steps,
-            images=min(n_train, steps * convergence.BATCH_SIZE),
-            batch_size=convergence.BATCH_SIZE,
+            images=min(n_train, steps * BATCH_SIZE),
+            batch_size=BATCH_SIZE,
             step_loss_rel_error_vs_torch=error,
             tolerance=allowed,
         )

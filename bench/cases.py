@@ -1,27 +1,20 @@
-"""What the harness measures: the losses, the implementations, the presets and the bytes each moves.
+"""What the harness measures: the losses, the cases, the presets, and the bytes each case moves.
 
-A case is one loss x implementation x dtype x batch x classes x pass. Every implementation is a
-callable ``(logits, target) -> scalar loss`` with ``reduction="mean"`` and the loss's benchmark
-options (``LossSpec.options``), so that all of them compute the same number:
+A case is one loss x implementation x dtype x batch x classes x pass (the implementations
+themselves are in lossbench.bench.implementations). Inputs per loss family:
 
 - softmax losses take logits (N, C) and int64 class indices (N,);
 - sigmoid losses take logits (N, C) and multi-label 0/1 targets (N, C) in the logits' dtype.
-
-Implementations are imported lazily: a module that is missing or broken makes its cases skip
-with the reason (``UnavailableError``), it never stops the other cases.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch.nn import functional
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Family = Literal["softmax", "sigmoid"]
@@ -102,7 +95,7 @@ def bytes_moved(loss: str, batch: int, classes: int, dtype: str, pass_: str) -> 
     forward_backward adds writing the logits' gradient (N*C elements); the upstream gradient of
     the scalar loss (one element) is read. Anything an implementation moves beyond this (saved
     softmax, fp32 temporaries, a second pass over the logits) is its own cost, which is what the
-    roofline fraction exposes.
+    fraction of the copy bandwidth exposes.
     """
     element = DTYPES[dtype].itemsize
     logits = batch * classes * element
@@ -135,147 +128,6 @@ def make_inputs(
         target = torch.randint(0, 2, (rows, case.classes), device=device, dtype=case.torch_dtype)
     logits.requires_grad_(case.pass_ == "forward_backward")
     return logits, target
-
-
-# --- Implementations --------------------------------------------------------------------------
-
-
-class UnavailableError(Exception):
-    """An implementation cannot run here; the message says why (shown as the skip reason)."""
-
-
-@dataclass(frozen=True)
-class Implementation:
-    """A loss as one implementation computes it.
-
-    ``peer``: someone else's code (torch, torch.compile, Liger-Kernel), the baseline ours is
-    measured against. A peer that disagrees with the float64 reference is still timed, and its
-    case is reported as an expected failure (xfail) with the errors; ours fails outright and is
-    not timed. (torchvision's sigmoid_focal_loss in bf16, for one, has gradients 1.1-1.4e-2 from
-    float64, beyond the bf16 tolerance of 1e-2.)
-    ``interpreted``: runs in Triton's interpreter, so its time is no kernel speed.
-    ``overwrites_logits``: writes its gradient into the logits' storage (Liger does), so the
-    harness restores the logits before every call and checks agreement against a saved copy.
-    """
-
-    name: str
-    function: LossFunction
-    peer: bool = False
-    interpreted: bool = False
-    overwrites_logits: bool = False
-
-
-def torch_softmax_focal_loss(
-    logits: torch.Tensor, target: torch.Tensor, alpha: float, gamma: float
-) -> torch.Tensor:
-    """Softmax focal loss in plain eager torch, as a user writes it: torch has no such function.
-
-    -alpha (1 - p_y)^gamma log p_y per row, p = softmax(logits), averaged over the N rows;
-    computed in the logits' dtype with log_softmax and gather.
-    """
-    log_p_y = functional.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
-    return (-alpha * (1 - log_p_y.exp()) ** gamma * log_p_y).mean()
-
-
-def _torch_function(spec: LossSpec) -> LossFunction:
-    if spec.name == "cross_entropy":
-        return functional.cross_entropy
-    if spec.name == "softmax_focal_loss":
-        return functools.partial(torch_softmax_focal_loss, **spec.options)
-    if spec.name == "binary_cross_entropy_with_logits":
-        return functional.binary_cross_entropy_with_logits
-    from torchvision.ops import sigmoid_focal_loss
-
-    return functools.partial(sigmoid_focal_loss, reduction="mean", **spec.options)
-
-
-def _import_loss(package: str, spec: LossSpec, reduction: str = "mean") -> LossFunction:
-    """``package.<family>.<loss name>`` with ``reduction`` and the spec's options."""
-    module_name = f"{package}.{spec.family}"
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as error:
-        reason = f"{module_name} cannot be imported: {type(error).__name__}: {error}"
-        raise UnavailableError(reason) from error
-    function = getattr(module, spec.name, None)
-    if function is None:
-        raise UnavailableError(f"{module_name} has no {spec.name} yet")
-    return functools.partial(function, reduction=reduction, **spec.options)
-
-
-def reference_function(spec: LossSpec, reduction: str) -> LossFunction:
-    """The reference/ loss with the spec's options and ``reduction`` (the float64 oracle)."""
-    return _import_loss("reference", spec, reduction)
-
-
-class _Compiled:
-    """torch.compile of the torch implementation; a failed compilation becomes ``UnavailableError``.
-
-    dynamic=True: one compilation serves every shape of a loss, dtype and pass, so a sweep of
-    dozens of shapes costs a handful of compilations (on the CPU each one runs a C++ compiler for
-    seconds). Shape-specialised compilation can be faster at a given shape.
-    """
-
-    def __init__(self, function: LossFunction) -> None:
-        import torch._dynamo.config
-
-        # Dynamo recompiles per dtype, per pass (requires_grad) and per size regime the backend
-        # guards on, and counts against one limit per code object, which every compiled
-        # torch function shares (dynamo wraps them in one helper). The sweep needs ~48; past the
-        # limit, fail rather than fall back to eager silently.
-        config = torch._dynamo.config
-        config.recompile_limit = max(config.recompile_limit, 128)
-        config.fail_on_recompile_limit_hit = True
-        self.compiled = torch.compile(function, dynamic=True)
-
-    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        try:
-            return self.compiled(logits, target)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            reason = f"torch.compile failed: {type(error).__name__}: {first_line}"
-            raise UnavailableError(reason) from error
-
-
-@functools.cache
-def _compiled(loss: str) -> _Compiled:
-    # One compiled object per loss for the whole session: dynamo caches per function anyway.
-    return _Compiled(_torch_function(LOSSES[loss]))
-
-
-def load_implementation(loss: str, impl: str) -> Implementation:
-    """The implementation ``impl`` of ``loss``, or ``UnavailableError`` saying why it cannot run."""
-    spec = LOSSES[loss]
-    if impl == "torch":
-        return Implementation(impl, _torch_function(spec), peer=True)
-    if impl == "compile":
-        return Implementation(impl, _compiled(loss), peer=True)
-    if impl == "reference":
-        return Implementation(impl, _import_loss("reference", spec))
-    if impl == "triton":
-        # Importing kernels chooses the interpreter when no GPU exists (kernels/__init__.py).
-        function = _import_loss("kernels", spec)
-        from kernels._common import INTERPRETED
-
-        return Implementation(impl, function, interpreted=INTERPRETED)
-    if impl == "liger":
-        return Implementation(impl, _liger_function(spec), peer=True, overwrites_logits=True)
-    raise ValueError(f"unknown implementation {impl!r}; known: {IMPLEMENTATIONS}")
-
-
-def _liger_function(spec: LossSpec) -> LossFunction:
-    if spec.name != "cross_entropy":
-        raise UnavailableError(f"Liger-Kernel has no {spec.name}")
-    if not torch.cuda.is_available():
-        raise UnavailableError("Liger-Kernel needs a CUDA GPU")
-    try:
-        from liger_kernel.transformers import LigerCrossEntropyLoss
-    except ImportError as error:
-        reason = f"liger-kernel is not installed ({error}); pip install -e '.[peers]'"
-        raise UnavailableError(reason) from error
-    return LigerCrossEntropyLoss(reduction="mean")
 
 
 # --- Presets ----------------------------------------------------------------------------------

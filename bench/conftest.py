@@ -11,14 +11,19 @@ plots and SUMMARY.md; the terminal shows a line per case and a table of headline
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from pathlib import Path
 
 import pytest
 import torch
 
-from bench import report
-from bench.cases import DTYPES, IMPLEMENTATIONS, LOSSES, PRESETS
-from bench.session import BenchSession, progress
+from lossbench.bench import provenance, report
+from lossbench.bench.cases import DTYPES, IMPLEMENTATIONS, LOSSES, PRESETS
+from lossbench.bench.results import BENCHMARKS_CSV, load_results
+from lossbench.bench.selection import SelectionError, parse_names, parse_sizes
+from lossbench.bench.session import BenchSession
+from lossbench.bench.summary import headline_table
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,49 +50,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _names(value: str | None, known, what: str) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    names = tuple(name.strip() for name in value.split(",") if name.strip())
-    unknown = [name for name in names if name not in known]
-    if unknown or not names:
-        raise pytest.UsageError(f"unknown {what} {unknown or value!r}; known: {', '.join(known)}")
-    return names
-
-
-def _sizes(value: str | None, what: str) -> tuple[int, ...] | None:
+def _selection(config: pytest.Config, option: str, parse, *args) -> tuple | None:
+    """The parsed value of a comma-list option, None when not given; a usage error if bad."""
+    value = config.getoption(option)
     if value is None:
         return None
     try:
-        sizes = tuple(int(size) for size in value.split(",") if size.strip())
-    except ValueError:
-        raise pytest.UsageError(f"{what} must be comma-separated integers, got {value!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise pytest.UsageError(f"{what} must be positive integers, got {value!r}")
-    return sizes
+        return parse(value, *args)
+    except SelectionError as error:
+        raise pytest.UsageError(f"{option}: {error}") from None
 
 
 _SESSION = pytest.StashKey[BenchSession]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    device = report.bench_device()
+    device = provenance.bench_device()
     preset_name = config.getoption("--preset") or ("full" if device.type == "cuda" else "quick")
     preset = PRESETS[preset_name]
-    results_dir = config.getoption(
-        "--results-dir"
-    ) or config.rootpath / "results" / report.device_folder(device)
+    results_dir = config.getoption("--results-dir")
     config.stash[_SESSION] = BenchSession(
         device=device,
         preset=preset,
-        losses=_names(config.getoption("--losses"), LOSSES, "loss") or tuple(LOSSES),
-        impls=_names(config.getoption("--impls"), IMPLEMENTATIONS, "implementation")
+        losses=_selection(config, "--losses", parse_names, LOSSES, "loss") or tuple(LOSSES),
+        impls=_selection(config, "--impls", parse_names, IMPLEMENTATIONS, "implementation")
         or preset.impls,
-        dtypes=_names(config.getoption("--dtypes"), DTYPES, "dtype") or preset.dtypes,
-        batch_sizes=_sizes(config.getoption("--batch-sizes"), "--batch-sizes"),
-        class_counts=_sizes(config.getoption("--class-counts"), "--class-counts"),
-        results_dir=Path(results_dir),
+        dtypes=_selection(config, "--dtypes", parse_names, DTYPES, "dtype") or preset.dtypes,
+        batch_sizes=_selection(config, "--batch-sizes", parse_sizes, "batch sizes"),
+        class_counts=_selection(config, "--class-counts", parse_sizes, "class counts"),
+        results_dir=Path(results_dir) if results_dir else provenance.results_folder(device),
         max_minutes=config.getoption("--max-minutes"),
+        announce=functools.partial(_progress, config),
     )
 
 
@@ -123,12 +116,6 @@ def bench_device(bench_session: BenchSession) -> torch.device:
     return bench_session.device
 
 
-@pytest.fixture(scope="session")
-def results_dir(bench_session: BenchSession) -> Path:
-    """Where this session's results go (--results-dir, default results/<device>)."""
-    return bench_session.results_dir
-
-
 def pytest_sessionfinish(session: pytest.Session) -> None:
     bench = session.config.stash[_SESSION]
     if bench.done_cases == 0:
@@ -137,20 +124,34 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     try:
         written = report.regenerate(bench.results_dir)
     except Exception as error:
-        progress(session.config, f"lossbench: drawing the plots failed: {error!r}")
+        _progress(session.config, f"lossbench: drawing the plots failed: {error!r}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         return
-    progress(session.config, f"lossbench: wrote {len(written)} plots and summary files")
+    _progress(session.config, f"lossbench: wrote {len(written)} plots and summary files")
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     bench = config.stash[_SESSION]
     if bench.done_cases == 0:
         return
-    frame = report.load_results(bench.results_dir)
+    frame = load_results(bench.results_dir)
     frame = frame[frame["run_date"] == bench.results.provenance["run_date"]]
     terminalreporter.section("lossbench: forward+backward speedup over torch eager")
-    terminalreporter.write_line(report.headline_table(frame) or "nothing was timed")
+    terminalreporter.write_line(headline_table(frame) or "nothing was timed")
     terminalreporter.write_line(
-        f"results: {bench.results_dir / report.CSV_NAME}, plots and SUMMARY.md beside it"
+        f"results: {bench.results_dir / BENCHMARKS_CSV}, plots and SUMMARY.md beside it"
     )
+
+
+def _progress(config: pytest.Config, line: str) -> None:
+    """Print one line to the terminal now, between pytest's own progress output.
+
+    Output capturing is suspended for the line, so it shows while a test runs.
+    """
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        reporter.ensure_newline()
+        reporter.write_line(line)

@@ -15,21 +15,12 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 
-from bench.cases import Case, Implementation, LossSpec, Preset, reference_function
-
-# The float64 agreement check sums the reference loss over row chunks of at most this many
-# elements (128 MiB of float64 each), so it fits beside the largest cases.
-CHECK_CHUNK_ELEMENTS = 2**24
-# The gradient is compared on every row up to this many elements, else on a random sample of
-# rows that always includes the last one (where int32 offset overflow would show first).
-GRADIENT_CHECK_ELEMENTS = 2**24
-# Triton's interpreter runs one program at a time in numpy: it checks agreement on at most this
-# many elements (fewer rows of the same class count).
-INTERPRETER_ELEMENTS = 2**15
+from lossbench.bench.agreement import CHECK_CHUNK_ELEMENTS, GRADIENT_CHECK_ELEMENTS
+from lossbench.bench.cases import INDEX_BYTES, Case, Preset
+from lossbench.bench.implementations import Implementation
 
 Step = Callable[[], None]
 
@@ -151,7 +142,7 @@ def estimated_peak_bytes(case: Case) -> int:
     """
     element = case.torch_dtype.itemsize
     logits = case.elements * element
-    targets = case.batch * 8 if case.spec.family == "softmax" else logits
+    targets = case.batch * INDEX_BYTES if case.spec.family == "softmax" else logits
     gradient = logits if case.pass_ == "forward_backward" else 0
     temporaries = 0 if case.impl in ("triton", "liger") else 4 * case.elements * 4
     saved_logits = logits if case.impl == "liger" else 0
@@ -204,87 +195,3 @@ def cpu_allocation_peak(step: Step) -> int:
             allocated += fields.alloc_size
             peak = max(peak, allocated)
     return peak
-
-
-# --- Agreement --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """Relative errors against the float64 reference, and the verdict by the dtype's tolerance.
-
-    ``grad_error`` is None for the forward pass; ``gradient_rows`` says on how many rows it was
-    measured (all rows up to GRADIENT_CHECK_ELEMENTS elements).
-    """
-
-    loss_error: float
-    grad_error: float | None
-    tolerance: float
-    gradient_rows: int
-
-    @property
-    def passed(self) -> bool:
-        errors = [self.loss_error, self.grad_error]
-        return all(error <= self.tolerance for error in errors if error is not None)
-
-    def describe(self) -> str:
-        text = f"loss error {self.loss_error:.2g}"
-        if self.grad_error is not None:
-            text += f", gradient error {self.grad_error:.2g} ({self.gradient_rows} rows)"
-        return f"{text}, tolerance {self.tolerance:g}"
-
-
-def _upcast_target(spec: LossSpec, target: torch.Tensor) -> torch.Tensor:
-    return target if spec.family == "softmax" else target.double()
-
-
-def gradient_rows(batch: int, classes: int, device: torch.device) -> torch.Tensor:
-    """Indices of the rows whose gradient is checked: all, or a sorted sample with the last."""
-    if batch * classes <= GRADIENT_CHECK_ELEMENTS:
-        return torch.arange(batch, device=device)
-    sample = max(1, GRADIENT_CHECK_ELEMENTS // classes)
-    rows = torch.randperm(batch - 1, device=device)[: sample - 1]
-    last = torch.tensor([batch - 1], device=device)
-    return torch.cat([rows, last]).sort().values
-
-
-def check_agreement(
-    spec: LossSpec,
-    dtype: torch.dtype,
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    loss: torch.Tensor,
-    grad: torch.Tensor | None,
-) -> Agreement:
-    """Compare ``loss`` (and ``grad``, the logits' gradient of the mean loss) with float64.
-
-    The reference runs on the upcast inputs with reduction='sum' over row chunks, divided by the
-    mean's denominator: the same mean, in bounded memory. The gradient is compared on
-    ``gradient_rows``: the reference gradient of those rows' sum over the same denominator is
-    exactly their rows of the mean's gradient.
-    """
-    from reference.tolerance import relative_error, tolerance
-
-    reference_sum = reference_function(spec, "sum")
-    batch, classes = logits.shape
-    denominator = spec.mean_denominator(batch, classes)
-    rows_per_chunk = max(1, CHECK_CHUNK_ELEMENTS // classes)
-    logits = logits.detach()
-    with torch.no_grad():
-        total = sum(
-            reference_sum(
-                logits[start : start + rows_per_chunk].double(),
-                _upcast_target(spec, target[start : start + rows_per_chunk]),
-            )
-            for start in range(0, batch, rows_per_chunk)
-        )
-    loss_error = relative_error(loss, total / denominator)
-    grad_error = None
-    checked_rows = 0
-    if grad is not None:
-        rows = gradient_rows(batch, classes, logits.device)
-        upcast = logits[rows].double().requires_grad_()
-        (reference_sum(upcast, _upcast_target(spec, target[rows])) / denominator).backward()
-        grad_error = relative_error(grad[rows], upcast.grad)
-        checked_rows = len(rows)
-    return Agreement(loss_error, grad_error, tolerance(dtype), checked_rows)

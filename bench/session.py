@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import torch
 
-from bench.cases import Case, Preset, generate_cases
-from bench.measure import copy_bandwidth
-from bench.report import ResultsFile, provenance
+from lossbench.bench.cases import Case, Preset, generate_cases
+from lossbench.bench.measure import copy_bandwidth
+from lossbench.bench.provenance import provenance
+from lossbench.bench.results import ResultsFile
 
 # Rewrite the CSV at most this often while cases run (and always at the end of the session).
 WRITE_INTERVAL_S = 5.0
@@ -31,6 +31,8 @@ class BenchSession:
     class_counts: tuple[int, ...] | None
     results_dir: Path
     max_minutes: float | None
+    # Prints one progress line where the user sees it (pytest's terminal, set by bench/conftest.py).
+    announce: Callable[[str], None] = print
     started: float = field(default_factory=time.monotonic)
     total_cases: int = 0
     done_cases: int = 0
@@ -78,17 +80,3 @@ class BenchSession:
     def write(self) -> None:
         self.results.write()
         self._last_write = time.monotonic()
-
-
-def progress(config: pytest.Config, line: str) -> None:
-    """Print one line to the terminal now, between pytest's own progress output.
-
-    Output capturing is suspended for the line, so it shows while a test runs.
-    """
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None:
-        return
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        reporter.ensure_newline()
-        reporter.write_line(line)

@@ -70,14 +70,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels._common import (
+from lossbench.kernels._common import (
     REDUCTION_CODES,
     check_kernel_device,
     check_no_gradient_wanted,
     scale_unless_one_,
 )
-from reference import sigmoid as reference_sigmoid
-from reference._checks import (
+from lossbench.reference import sigmoid as reference_sigmoid
+from lossbench.reference._checks import (
     check_broadcasts_to,
     check_floating,
     check_reduction,

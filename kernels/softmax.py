@@ -47,15 +47,15 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kernels._common import (
+from lossbench.kernels._common import (
     INTERPRETED,
     REDUCTION_CODES,
     check_kernel_device,
     check_no_gradient_wanted,
     scale_unless_one_,
 )
-from reference import softmax as reference_softmax
-from reference._checks import (
+from lossbench.reference import softmax as reference_softmax
+from lossbench.reference._checks import (
     check_class_index_target,
     check_floating,
     check_per_class,

@@ -4,7 +4,7 @@ Each function keeps the signature, defaults and semantics of the torch or torchv
 mirrors; ``tolerance`` holds how close a lower-precision result must come to it.
 """
 
-from reference.sigmoid import (
+from lossbench.reference.sigmoid import (
     BCELoss,
     BCEWithLogitsLoss,
     SigmoidFocalLoss,
@@ -12,13 +12,13 @@ from reference.sigmoid import (
     binary_cross_entropy_with_logits,
     sigmoid_focal_loss,
 )
-from reference.softmax import (
+from lossbench.reference.softmax import (
     CrossEntropyLoss,
     SoftmaxFocalLoss,
     cross_entropy,
     softmax_focal_loss,
 )
-from reference.zero_one import ZeroOneLoss, zero_one_loss
+from lossbench.reference.zero_one import ZeroOneLoss, zero_one_loss
 
 __all__ = [
     "BCELoss",

@@ -62,7 +62,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from reference._checks import (
+from lossbench.reference._checks import (
     check_broadcasts_to,
     check_floating,
     check_reduction,

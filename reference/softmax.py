@@ -48,7 +48,7 @@ import math
 import torch
 from torch import nn
 
-from reference._checks import (
+from lossbench.reference._checks import (
     check_class_index_target,
     check_floating,
     check_per_class,

@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reference._checks import check_reduction, reduce
-from reference.softmax import check_class_index_target
+from lossbench.reference._checks import check_reduction, reduce
+from lossbench.reference.softmax import check_class_index_target
 
 
 def zero_one_loss(

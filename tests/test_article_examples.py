@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from reference.sigmoid import BCELoss, BCEWithLogitsLoss, binary_cross_entropy
+from lossbench.reference.sigmoid import BCELoss, BCEWithLogitsLoss, binary_cross_entropy
 
 # The article prints its results to 4 decimals: agreeing to the printed figure means within half
 # a unit of the last place.

@@ -16,9 +16,40 @@ import pytest
 import torch
 from torch.nn import functional
 
-from bench import convergence
-from bench.report import bench_device, device_folder
-from reference.tolerance import assert_close, relative_error, tolerance
+from lossbench.bench.cases import LossFunction
+from lossbench.bench.cli import main
+from lossbench.bench.convergence import ConvergenceError
+from lossbench.bench.convergence.data import (
+    TASKS,
+    DigitData,
+    Task,
+    load_digits_data,
+    load_mnist_data,
+)
+from lossbench.bench.convergence.model import (
+    LEARNING_RATE,
+    DigitCNN,
+    build_model_and_optimizer,
+    initial_state,
+)
+from lossbench.bench.convergence.results import (
+    COLUMNS,
+    CONVERGENCE_CSV,
+    CONVERGENCE_PNG,
+    INTERPRETER_NOTE,
+)
+from lossbench.bench.convergence.train import (
+    BATCH_SIZE,
+    DEFAULT_CPU_THREADS,
+    TRAINED_IMPLEMENTATIONS,
+    TrainingConfig,
+    exact_float32,
+    train,
+    train_epoch,
+    trained_implementation,
+)
+from lossbench.bench.provenance import bench_device, device_folder, results_folder
+from lossbench.reference.tolerance import assert_close, relative_error, tolerance
 
 FP32_TOLERANCE = tolerance(torch.float32)
 DEVICE = bench_device()
@@ -27,12 +58,12 @@ DEVICE = bench_device()
 # forward pass, few enough for the interpreter (each step launches the loss kernels once).
 TRAINING_STEPS = 4
 
-PAIRS = [(task, loss) for task in convergence.TASKS for loss in convergence.TASKS[task].losses]
+PAIRS = [(task, loss) for task in TASKS for loss in TASKS[task].losses]
 
 
 @pytest.fixture(scope="module")
-def digits() -> convergence.DigitData:
-    return convergence.load_digits_data().to(DEVICE)
+def digits() -> DigitData:
+    return load_digits_data().to(DEVICE)
 
 
 def _fresh_seed() -> int:
@@ -40,21 +71,18 @@ def _fresh_seed() -> int:
 
 
 def _train_recording(
-    data: convergence.DigitData,
-    task: convergence.Task,
-    compute_loss: convergence.LossFunction,
+    data: DigitData,
+    task: Task,
+    compute_loss: LossFunction,
     state: dict[str, torch.Tensor],
     order: torch.Tensor,
 ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]], dict]:
-    """Train TRAINING_STEPS steps through ``convergence.train_epoch``, as ``train`` does.
+    """Train TRAINING_STEPS steps through ``train_epoch``, as ``train`` does.
 
     Returns the step losses, each step's gradients, each step's Adam denominator sqrt(v_hat) +
     eps (v_hat: the bias-corrected second moment), and the final weights.
     """
-    model = convergence.DigitCNN(*data.image_size, task.n_outputs)
-    model.load_state_dict(state)
-    model.to(DEVICE)
-    optimizer = torch.optim.Adam(model.parameters(), lr=convergence.LEARNING_RATE)
+    model, optimizer = build_model_and_optimizer(task, data.image_size, state, DEVICE)
     beta2, eps = optimizer.defaults["betas"][1], optimizer.defaults["eps"]
     named = list(model.named_parameters())
     gradients: list[dict[str, torch.Tensor]] = []
@@ -70,15 +98,15 @@ def _train_recording(
             }
         )
 
-    with convergence.exact_float32():
-        losses = convergence.train_epoch(
+    with exact_float32():
+        losses = train_epoch(
             model,
             optimizer,
             compute_loss,
             data.train_images,
             task.targets(data.train_labels),
             order,
-            convergence.BATCH_SIZE,
+            BATCH_SIZE,
             TRAINING_STEPS,
             record,
         )
@@ -160,9 +188,7 @@ def _assert_weights_close(
         allowed = FP32_TOLERANCE * expected_tensor.abs().max()
         for step, (scale, denominator) in enumerate(zip(scales, denominators, strict=True), 1):
             sensitivity = (1 + step**0.5) / denominator[name]
-            allowed = allowed + (
-                convergence.LEARNING_RATE * sensitivity * FP32_TOLERANCE * scale[_layer(name)]
-            )
+            allowed = allowed + (LEARNING_RATE * sensitivity * FP32_TOLERANCE * scale[_layer(name)])
         difference = (weights[name] - expected_tensor).abs()
         worst = int((difference / allowed).argmax())
         assert (difference <= allowed).all(), (
@@ -173,21 +199,21 @@ def _assert_weights_close(
 
 
 def _assert_trains_like_torch(
-    data: convergence.DigitData,
+    data: DigitData,
     task_name: str,
     loss: str,
-    compute_loss: convergence.LossFunction,
+    compute_loss: LossFunction,
     what: str,
 ) -> None:
     """Same weights, same batches: step losses, the first gradients and the final weights agree."""
-    task = convergence.TASKS[task_name]
+    task = TASKS[task_name]
     seed = _fresh_seed()
     what = f"{what} {task_name}/{loss} (seed {seed})"
-    state = convergence.initial_state(task, data.image_size, seed)
+    state = initial_state(task, data.image_size, seed)
     order = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(seed))
     order = order.to(DEVICE)
     torch_losses, torch_gradients, torch_denominators, torch_weights = _train_recording(
-        data, task, convergence.loss_function("torch", loss), state, order
+        data, task, trained_implementation("torch", loss).function, state, order
     )
     losses, gradients, _, weights = _train_recording(data, task, compute_loss, state, order)
     assert_close(losses, torch_losses, torch.float32, f"{what} step losses")
@@ -206,13 +232,13 @@ def _assert_trains_like_torch(
 @pytest.mark.parametrize("implementation", ["reference", "triton"])
 @pytest.mark.parametrize(("task_name", "loss"), PAIRS)
 def test_implementation_trains_like_torch(
-    digits: convergence.DigitData, task_name: str, loss: str, implementation: str
+    digits: DigitData, task_name: str, loss: str, implementation: str
 ) -> None:
-    compute_loss = convergence.loss_function(implementation, loss)
+    compute_loss = trained_implementation(implementation, loss).function
     _assert_trains_like_torch(digits, task_name, loss, compute_loss, implementation)
 
 
-def test_a_gradient_off_by_1e_4_is_caught(digits: convergence.DigitData) -> None:
+def test_a_gradient_off_by_1e_4_is_caught(digits: DigitData) -> None:
     """The comparison can fail: the right loss value with a gradient 1e-4 too large."""
 
     def cross_entropy_with_wrong_gradient(
@@ -228,15 +254,12 @@ def test_a_gradient_off_by_1e_4_is_caught(digits: convergence.DigitData) -> None
         )
 
 
-def test_training_is_deterministic(digits: convergence.DigitData) -> None:
+def test_training_is_deterministic(digits: DigitData) -> None:
     """Two torch runs from one seed are identical, so differences come from the loss alone."""
-    config = convergence.TrainingConfig(epochs=1, seed=_fresh_seed(), max_steps_per_epoch=3)
-    task = convergence.TASKS["multiclass"]
-    state = convergence.initial_state(task, digits.image_size, config.seed)
-    runs = [
-        convergence.train(digits, task, "cross_entropy", "torch", config, state, DEVICE)
-        for _ in range(2)
-    ]
+    config = TrainingConfig(epochs=1, seed=_fresh_seed(), max_steps_per_epoch=3)
+    task = TASKS["multiclass"]
+    state = initial_state(task, digits.image_size, config.seed)
+    runs = [train(digits, task, "cross_entropy", "torch", config, state, DEVICE) for _ in range(2)]
     assert runs[0].step_losses == runs[1].step_losses
     for name, tensor in runs[0].final_state.items():
         assert torch.equal(tensor, runs[1].final_state[name]), name
@@ -244,7 +267,7 @@ def test_training_is_deterministic(digits: convergence.DigitData) -> None:
 
 def test_digits_are_real_shipped_images() -> None:
     """1797 real 8x8 digits in [0, 1], split 1437 / 360, every class in both sets."""
-    digits = convergence.load_digits_data()
+    digits = load_digits_data()
     assert digits.name == "digits"
     assert digits.train_images.shape == (1437, 1, 8, 8)
     assert digits.test_images.shape == (360, 1, 8, 8)
@@ -262,13 +285,13 @@ def test_digits_are_real_shipped_images() -> None:
     ones = digits.train_images[digits.train_labels == 1].mean(0)[0, 3:5, 3:5].mean()
     assert ones > zeros + 0.3
     # The split is fixed: loading again gives the same images.
-    assert torch.equal(convergence.load_digits_data().test_labels, digits.test_labels)
-    assert torch.equal(convergence.load_digits_data().test_images, digits.test_images)
+    assert torch.equal(load_digits_data().test_labels, digits.test_labels)
+    assert torch.equal(load_digits_data().test_images, digits.test_images)
 
 
 def test_mnist_without_files_names_the_root(tmp_path) -> None:
-    with pytest.raises(convergence.ConvergenceError, match="--download"):
-        convergence.load_mnist_data(tmp_path, download=False)
+    with pytest.raises(ConvergenceError, match="--download"):
+        load_mnist_data(tmp_path, download=False)
 
 
 def _write_idx(path, array: torch.Tensor) -> None:
@@ -290,7 +313,7 @@ def test_mnist_loader_reads_torchvision_files(tmp_path) -> None:
     for split in sizes:
         _write_idx(raw / f"{split}-images-idx3-ubyte", pixels[split])
         _write_idx(raw / f"{split}-labels-idx1-ubyte", labels[split])
-    mnist = convergence.load_mnist_data(tmp_path)
+    mnist = load_mnist_data(tmp_path)
     assert mnist.name == "mnist" and mnist.image_size == (28, 28)
     assert mnist.train_images.shape == (6, 1, 28, 28) and mnist.test_images.shape == (4, 1, 28, 28)
     assert mnist.train_images.dtype == torch.float32 and mnist.train_labels.dtype == torch.int64
@@ -301,41 +324,36 @@ def test_mnist_loader_reads_torchvision_files(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("height", "width", "fc1_inputs"), [(8, 8, 16 * 4 * 4), (28, 28, 16 * 14 * 14)]
 )
-@pytest.mark.parametrize("task_name", list(convergence.TASKS))
+@pytest.mark.parametrize("task_name", list(TASKS))
 def test_cnn_shapes(height: int, width: int, fc1_inputs: int, task_name: str) -> None:
-    task = convergence.TASKS[task_name]
-    model = convergence.DigitCNN(height, width, task.n_outputs)
+    task = TASKS[task_name]
+    model = DigitCNN(height, width, task.n_outputs)
     assert model.fc1.in_features == fc1_inputs
     assert model(torch.rand(5, 1, height, width)).shape == (5, task.n_outputs)
 
 
 def test_task_targets() -> None:
     digits = torch.arange(10)
-    assert torch.equal(convergence.TASKS["multiclass"].targets(digits), digits)
+    assert torch.equal(TASKS["multiclass"].targets(digits), digits)
     five_or_more = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 1, 1.0])
-    assert torch.equal(convergence.TASKS["binary"].targets(digits), five_or_more.unsqueeze(1))
+    assert torch.equal(TASKS["binary"].targets(digits), five_or_more.unsqueeze(1))
     even = torch.tensor([1, 0, 1, 0, 1, 0, 1, 0, 1, 0.0])
     prime = torch.tensor([0, 0, 1, 1, 0, 1, 0, 1, 0, 0.0])
     expected = torch.stack((even, five_or_more, prime), dim=1)
-    assert torch.equal(convergence.TASKS["multilabel"].targets(digits), expected)
+    assert torch.equal(TASKS["multilabel"].targets(digits), expected)
 
 
 def test_missing_implementation_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "kernels.softmax", None)
-    with pytest.raises(convergence.ConvergenceError, match=r"triton .*kernels\.softmax"):
-        convergence.loss_function("triton", "cross_entropy")
-    assert convergence.main(["--impls", "triton", "--no-progress"]) == 1
+    monkeypatch.setitem(sys.modules, "lossbench.kernels.softmax", None)
+    with pytest.raises(ConvergenceError, match=r"triton .*kernels\.softmax"):
+        trained_implementation("triton", "cross_entropy")
+    assert main(["convergence", "--impls", "triton", "--no-progress"]) == 1
 
 
-def test_cli_lists_are_comma_or_space_separated() -> None:
-    arguments = convergence.parse_arguments(["--impls", "torch,reference", "--tasks", "binary"])
-    assert arguments.impls == ["torch", "reference"]
-    assert arguments.tasks == ["binary"]
-    assert arguments.losses == list(convergence.LOSSES)
-    spaced = convergence.parse_arguments(["--impls", "triton", "torch,reference", "triton"])
-    assert spaced.impls == ["triton", "torch", "reference"]
+def test_cli_refuses_an_unknown_implementation(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        convergence.parse_arguments(["--impls", "torch,jax"])
+        main(["convergence", "--impls", "torch,jax"])
+    assert "unknown --impls ['jax']" in capsys.readouterr().err
 
 
 def test_default_results_folder_is_the_repositorys(
@@ -343,43 +361,32 @@ def test_default_results_folder_is_the_repositorys(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     repository = Path(__file__).resolve().parent.parent
-    folder = convergence.default_results_folder(DEVICE)
-    assert folder == repository / "results" / device_folder(DEVICE)
-
-
-def test_provenance_columns_are_read_as_text(tmp_path) -> None:
-    row = dict.fromkeys(convergence.CSV_COLUMNS, "1")
-    row |= {"git_commit": "1234567e8901", "device_name": "4090", "python": "3.10"}
-    path = tmp_path / convergence.CSV_NAME
-    pd.DataFrame([row]).to_csv(path, index=False)
-    frame = convergence.load_convergence(path)
-    assert frame.at[0, "git_commit"] == "1234567e8901"
-    assert frame.at[0, "device_name"] == "4090" and frame.at[0, "python"] == "3.10"
+    assert results_folder(DEVICE) == repository / "results" / device_folder(DEVICE)
 
 
 def test_tiny_run_writes_csv_and_plot(tmp_path) -> None:
     """`python -m bench convergence` end to end: 2 epochs of 2 steps, every implementation."""
     argv = ["--epochs", "2", "--max-steps", "2", "--results-dir", str(tmp_path)]
     argv += ["--no-progress", "--seed", str(_fresh_seed())]
-    assert convergence.main(argv) == 0
-    frame = pd.read_csv(tmp_path / convergence.CSV_NAME)
-    assert list(frame.columns) == list(convergence.CSV_COLUMNS)
+    assert main(["convergence", *argv]) == 0
+    frame = pd.read_csv(tmp_path / CONVERGENCE_CSV)
+    assert list(frame.columns) == list(COLUMNS)
     assert (frame["dataset"] == "digits").all() and (frame["image_size"] == "8x8").all()
     assert (frame["device"] == device_folder(DEVICE)).all()
     if DEVICE.type == "cpu":
-        assert (frame["cpu_threads"] == convergence.DEFAULT_CPU_THREADS).all()
+        assert (frame["cpu_threads"] == DEFAULT_CPU_THREADS).all()
     runs = frame.groupby(["task", "loss", "impl"])
-    assert len(runs) == len(PAIRS) * len(convergence.IMPLEMENTATIONS)
+    assert len(runs) == len(PAIRS) * len(TRAINED_IMPLEMENTATIONS)
     for (_, _, impl), run in runs:
         counts = run["metric"].value_counts()
         assert counts["train_loss"] == 4
         for metric in ("epoch_mean_train_loss", "test_zero_one_loss", "epoch_seconds"):
             assert counts[metric] == 2
         assert run["step"].dropna().tolist() == [1, 2, 3, 4]
-        interpreted = convergence.ran_in_interpreter(impl)
-        assert (run["note"] == convergence.INTERPRETER_NOTE).all() == interpreted
+        interpreted = trained_implementation(impl, "cross_entropy").interpreted
+        assert (run["note"] == INTERPRETER_NOTE).all() == interpreted
         assert run["note"].isna().all() != interpreted
     assert frame["value"].notna().all()
     assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
-    png = (tmp_path / convergence.PLOT_NAME).read_bytes()
+    png = (tmp_path / CONVERGENCE_PNG).read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000

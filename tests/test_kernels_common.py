@@ -12,8 +12,13 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import INTERPRETED, KERNEL_DEVICE, check_kernel_device, scale_unless_one_
-from reference.tolerance import assert_close
+from lossbench.kernels._common import (
+    INTERPRETED,
+    KERNEL_DEVICE,
+    check_kernel_device,
+    scale_unless_one_,
+)
+from lossbench.reference.tolerance import assert_close
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,7 +80,7 @@ def test_check_kernel_device() -> None:
 def test_importing_triton_first_gives_a_clear_error() -> None:
     environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     completed = subprocess.run(
-        [sys.executable, "-c", "import triton, kernels"],
+        [sys.executable, "-c", "import triton, lossbench.kernels"],
         cwd=REPO_ROOT,
         env=environment,
         capture_output=True,
@@ -83,4 +88,4 @@ def test_importing_triton_first_gives_a_clear_error() -> None:
         check=False,
     )
     assert completed.returncode != 0
-    assert "import kernels first, or set TRITON_INTERPRET=1" in completed.stderr
+    assert "import lossbench.kernels first, or set TRITON_INTERPRET=1" in completed.stderr

@@ -47,7 +47,7 @@ def _softmax_case(
     """Forward and backward of a softmax loss on (N, C, ...) logits and int64 targets."""
 
     def run() -> None:
-        from kernels.softmax import cross_entropy, softmax_focal_loss
+        from lossbench.kernels.softmax import cross_entropy, softmax_focal_loss
 
         n_classes = shape[1]
         logits = torch.randn(shape, dtype=dtype, requires_grad=True)
@@ -74,7 +74,7 @@ def _sigmoid_case(
     """Forward and backward of a sigmoid loss on (64, 80) logits (COCO's 80 classes)."""
 
     def run() -> None:
-        from kernels.sigmoid import binary_cross_entropy_with_logits, sigmoid_focal_loss
+        from lossbench.kernels.sigmoid import binary_cross_entropy_with_logits, sigmoid_focal_loss
 
         shape = (64, 80)
         logits = torch.randn(shape, dtype=dtype, requires_grad=True)
@@ -171,9 +171,8 @@ def _compile_every_launch() -> dict[str, object]:
 
     triton.runtime.driver.set_active(OfflineDriver())
 
-    import kernels._common
-    import kernels.sigmoid
-    import kernels.softmax
+    from lossbench import kernels
+    from lossbench.kernels import _common, sigmoid, softmax  # noqa: F401  (kernels.<module> below)
 
     # The tensors live on the CPU while the launchers expect CUDA: skip the device check, and
     # give the persistent grid of _scale_unless_one_kernel an H200's 132 SMs.

@@ -17,17 +17,21 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (torch's own spelling)
 from torch import Tensor
 
-import kernels.sigmoid as kernel_module
-from kernels._common import KERNEL_DEVICE
-from kernels.sigmoid import (
+import lossbench.kernels.sigmoid as kernel_module
+from lossbench.kernels._common import KERNEL_DEVICE
+from lossbench.kernels.sigmoid import (
     BLOCK,
     BCEWithLogitsLoss,
     SigmoidFocalLoss,
     binary_cross_entropy_with_logits,
     sigmoid_focal_loss,
 )
-from reference import sigmoid as reference
-from reference.tolerance import assert_close, tolerance
+from lossbench.reference import sigmoid as reference
+from lossbench.reference.tolerance import assert_close, tolerance
+
+from .helpers import loss_and_gradients, upcast, upstream_gradient
+
+pytestmark = pytest.mark.usefixtures("poisoned_allocations")
 
 DEVICE = KERNEL_DEVICE
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -40,18 +44,6 @@ SHAPES = [(7,), (33, 80), (4, 3, 17, 5)]
 TARGET_KINDS = ["hard", "soft", "bool", "uint8"]
 
 LossFunction = Callable[..., Tensor]
-
-
-@pytest.fixture(autouse=True)
-def poison_allocations(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every float tensor from torch.empty / torch.empty_like starts as nan during a test."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def poisoned(tensor: Tensor) -> Tensor:
-        return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: poisoned(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poisoned(empty_like(*a, **k)))
 
 
 def torchvision_sigmoid_focal_loss(*args: object, **kwargs: object) -> Tensor:
@@ -91,35 +83,6 @@ def comparison_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return max([torch.float32, *floats], key=tolerance)
 
 
-def upstream_gradient(loss: Tensor) -> Tensor:
-    """Signed, non-uniform for 'none'; a scalar that is never 1 for 'mean' and 'sum'."""
-    if loss.dim() == 0:
-        return (1.5 + torch.rand((), device=loss.device)).to(loss.dtype)
-    return torch.randn(loss.shape, device=loss.device).to(loss.dtype)
-
-
-def loss_and_gradients(
-    loss_function: LossFunction,
-    input: Tensor,
-    target: Tensor,
-    upstream: Tensor | None,
-    target_grad: bool,
-    **options: object,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """The loss, d loss / d input, d loss / d target (if ``target_grad``) and the upstream used.
-
-    ``upstream`` None: a fresh one from :func:`upstream_gradient`.
-    """
-    input = input.detach().requires_grad_()
-    target = target.detach().requires_grad_(target_grad)
-    loss = loss_function(input, target, **options)
-    if upstream is None:
-        upstream = upstream_gradient(loss)
-    wrt = (input, target) if target_grad else (input,)
-    gradients = torch.autograd.grad(loss, wrt, upstream)
-    return loss, gradients[0], gradients[1] if target_grad else None, upstream
-
-
 def assert_matches_reference(
     kernel: LossFunction,
     oracle: LossFunction,
@@ -130,14 +93,15 @@ def assert_matches_reference(
 ) -> Tensor:
     """Kernel against the float64 oracle: loss, input and target gradients. Returns the loss."""
     loss, input_grad, target_grad_value, upstream = loss_and_gradients(
-        kernel, input, target, None, target_grad, **options
+        kernel, input, target, target_grad=target_grad, **options
     )
-    upcast = {
-        name: value.double() if isinstance(value, Tensor) else value
-        for name, value in options.items()
-    }
     expected_loss, expected_input_grad, expected_target_grad, _ = loss_and_gradients(
-        oracle, input.double(), target.double(), upstream.double(), target_grad, **upcast
+        oracle,
+        input.double(),
+        target.double(),
+        upstream.double(),
+        target_grad=target_grad,
+        **upcast(options),
     )
     assert input_grad.dtype == input.dtype and input_grad.shape == input.shape
     dtype = comparison_dtype(input.dtype, target.dtype, loss.dtype)
@@ -478,14 +442,13 @@ def test_focal_with_gamma_0_and_no_alpha_is_bce(dtype: torch.dtype, reduction: s
     input = random_logits((33, 80), dtype)
     target = random_targets((33, 80), "soft", dtype)
     bce, bce_grad, _, upstream = loss_and_gradients(
-        binary_cross_entropy_with_logits, input, target, None, False, reduction=reduction
+        binary_cross_entropy_with_logits, input, target, reduction=reduction
     )
     focal, focal_grad, _, _ = loss_and_gradients(
         sigmoid_focal_loss,
         input,
         target,
         upstream,
-        False,
         alpha=-1.0,
         gamma=0.0,
         reduction=reduction,

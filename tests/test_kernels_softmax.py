@@ -2,7 +2,7 @@
 
 Runs in Triton's interpreter on the CPU (small sizes) and compiled on a GPU (the same tests, plus
 the ``gpu``-marked sizes the interpreter cannot run in time). Every buffer the kernels allocate
-with ``torch.empty`` starts as nan (the ``_poisoned_buffers`` fixture), so an element the kernel
+with ``torch.empty`` starts as nan (the ``poisoned_allocations`` fixture), so an element the kernel
 fails to write shows as a mismatch.
 """
 
@@ -12,14 +12,19 @@ import pytest
 import torch
 from torch.nn.functional import cross_entropy as torch_cross_entropy
 
-import kernels.softmax as fused
-from kernels._common import INTERPRETED, KERNEL_DEVICE
-from reference import softmax as reference
-from reference.tolerance import assert_close
+import lossbench.kernels.softmax as fused
+from lossbench.kernels._common import INTERPRETED, KERNEL_DEVICE
+from lossbench.reference import softmax as reference
+from lossbench.reference.tolerance import assert_close
+
+from .helpers import loss_and_gradients, upcast
 
 # The interpreter evaluates masked lanes and padding rows too (with -inf logits, discarded by the
 # masks), and numpy warns about the nan it computes there.
-pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+    pytest.mark.usefixtures("poisoned_allocations"),
+]
 
 DEVICE = KERNEL_DEVICE
 IGNORE = -100
@@ -27,18 +32,6 @@ IGNORE = -100
 # 2 and 3: tiny rows, many per program; 10: not a power of two (padded lanes); 1000: a few rows
 # per program; 1025: one above a power of two (a 2048-wide block, mostly padding).
 CLASS_COUNTS = (2, 3, 10, 1000, 1025)
-
-
-@pytest.fixture(autouse=True)
-def _poisoned_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fill every floating tensor from ``torch.empty`` with nan: unwritten outputs show."""
-    empty = torch.empty
-
-    def poisoned_empty(*args, **kwargs):
-        tensor = empty(*args, **kwargs)
-        return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
-
-    monkeypatch.setattr(torch, "empty", poisoned_empty)
 
 
 def _targets(n_rows: int, n_classes: int, *, ignored: bool, shape: tuple[int, ...] = ()):
@@ -50,31 +43,29 @@ def _targets(n_rows: int, n_classes: int, *, ignored: bool, shape: tuple[int, ..
     return target
 
 
-def _float64(value):
-    return value.double() if isinstance(value, torch.Tensor) else value
-
-
 def _check_against_reference(
     kernel_fn, reference_fn, logits, target, *, upstream_is_one=False, **kwargs
 ) -> None:
     """Loss and d loss / d logits of ``kernel_fn`` against ``reference_fn`` in float64.
 
-    The upstream gradient is random: per row for 'none', a scalar other than 1 for 'mean' and
-    'sum' (the kernel scales its forward-pass gradient in backward), or 1 if ``upstream_is_one``.
+    The upstream gradient is random (``upstream_gradient``: per row for 'none', a scalar other
+    than 1 for 'mean' and 'sum', which the kernel's backward must apply), or 1 if
+    ``upstream_is_one``.
     """
     dtype = logits.dtype
-    actual_input = logits.detach().clone().requires_grad_()
-    actual = kernel_fn(actual_input, target, **kwargs)
-    expected_input = logits.detach().double().requires_grad_()
-    expected = reference_fn(
-        expected_input, target, **{name: _float64(value) for name, value in kwargs.items()}
+    upstream = None
+    if upstream_is_one:
+        upstream = torch.ones(() if kwargs.get("reduction", "mean") != "none" else target.shape)
+        upstream = upstream.to(device=logits.device, dtype=dtype)
+    actual, actual_grad, _, upstream = loss_and_gradients(
+        kernel_fn, logits, target, upstream, **kwargs
+    )
+    expected, expected_grad, _, _ = loss_and_gradients(
+        reference_fn, logits.double(), target, upstream.double(), **upcast(kwargs)
     )
     assert actual.dtype == dtype
     assert_close(actual, expected, dtype, "loss")
-    upstream = torch.ones_like(actual) if upstream_is_one else torch.rand_like(actual) + 0.5
-    actual.backward(upstream)
-    expected.backward(upstream.double())
-    assert_close(actual_input.grad, expected_input.grad, dtype, "input gradient")
+    assert_close(actual_grad, expected_grad, dtype, "input gradient")
 
 
 def _logits(*shape: int, dtype: torch.dtype = torch.float32, scale: float = 3.0) -> torch.Tensor:

@@ -15,13 +15,13 @@ import pytest
 import torch
 from torch.nn.functional import cross_entropy as torch_cross_entropy
 
-from reference.softmax import (
+from lossbench.reference.softmax import (
     CrossEntropyLoss,
     SoftmaxFocalLoss,
     cross_entropy,
     softmax_focal_loss,
 )
-from reference.tolerance import assert_close
+from lossbench.reference.tolerance import assert_close
 
 # Five classes, not a power of two; (N, C, H, W) has spatial dims; (C,) is the unbatched form.
 N_CLASSES = 5

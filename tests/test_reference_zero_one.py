@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference.tolerance import assert_close
-from reference.zero_one import ZeroOneLoss, zero_one_loss
+from lossbench.reference.tolerance import assert_close
+from lossbench.reference.zero_one import ZeroOneLoss, zero_one_loss
 
 # Seven classes (not a power of two); (N, C, H, W) has spatial dims; (C,) is the unbatched form.
 N_CLASSES = 7

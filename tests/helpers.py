@@ -1,0 +1,85 @@
+"""What every test file needs: gradients of a loss, upstream gradients, float64 upcasts.
+
+(The nan-poisoned allocations are the ``poisoned_allocations`` fixture of tests/conftest.py.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+# The checkout, for tests that run a subprocess in it.
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+
+
+def upstream_gradient(loss: Tensor) -> Tensor:
+    """A random upstream gradient for ``loss``: signed and non-uniform for an elementwise loss,
+    a scalar that is never 1 for a reduced one (so that a backward which skips the scaling by
+    the upstream gradient fails)."""
+    if loss.dim() == 0:
+        return (1.5 + torch.rand((), device=loss.device)).to(loss.dtype)
+    return torch.randn(loss.shape, device=loss.device).to(loss.dtype)
+
+
+def loss_and_gradients(
+    function: Callable[..., Tensor],
+    input: Tensor,
+    target: Tensor,
+    upstream: Tensor | None = None,
+    *,
+    target_grad: bool = False,
+    **options: object,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """``function(input, target, **options)``, its gradient w.r.t. ``input``, w.r.t. ``target``
+    when ``target_grad`` (else None), and the upstream gradient it was given.
+
+    ``upstream`` None draws one with :func:`upstream_gradient`; pass the returned one to the
+    call you compare with, so that both are differentiated alike. The inputs are detached
+    first: the caller's tensors are left as they were.
+    """
+    input = input.detach().requires_grad_()
+    target = target.detach().requires_grad_(target_grad)
+    loss = function(input, target, **options)
+    if upstream is None:
+        upstream = upstream_gradient(loss)
+    gradients = torch.autograd.grad(loss, (input, target) if target_grad else (input,), upstream)
+    return loss, gradients[0], gradients[1] if target_grad else None, upstream
+
+
+def upcast(options: Mapping[str, object]) -> dict[str, object]:
+    """``options`` with every tensor in float64 (for the float64 oracle's call)."""
+    return {
+        name: value.double() if isinstance(value, Tensor) and value.is_floating_point() else value
+        for name, value in options.items()
+    }
+
+
+# --- Results files ----------------------------------------------------------------------------
+
+# The provenance of a made-up benchmark run, for tests of the results files and the report.
+PROVENANCE = {
+    "run_date": "2026-01-01T00:00:00Z",
+    "device": "cpu",
+    "device_name": "Test CPU",
+    "torch": "2.x",
+    "triton": "3.x",
+    "python": "3.11",
+    "git_commit": "abc",
+}
+
+
+def benchmark_case(
+    impl: str, batch: int, classes: int, pass_: str = "forward_backward"
+) -> dict[str, object]:
+    """The case columns of a cross-entropy fp32 case, as ``ResultsFile.record`` takes them."""
+    return {
+        "loss": "cross_entropy",
+        "impl": impl,
+        "dtype": "fp32",
+        "batch": batch,
+        "classes": classes,
+        "pass": pass_,
+    }

@@ -1,0 +1,137 @@
+"""One case end to end (lossbench.bench.run), agreement (.agreement) and memory (.measure).
+
+Fast and CPU-only: no test here times anything or asserts on a timing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional
+
+from lossbench.bench import agreement, measure, run
+from lossbench.bench.cases import LOSSES, PRESETS, Case
+from lossbench.bench.implementations import Implementation
+from lossbench.reference.tolerance import tolerance
+
+# --- Agreement --------------------------------------------------------------------------------
+
+
+def _loss_and_grad(function, logits: torch.Tensor, target: torch.Tensor):
+    logits = logits.detach().requires_grad_()
+    loss = function(logits, target)
+    loss.backward()
+    return logits, loss.detach(), logits.grad
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "chunked-and-sampled"])
+def test_agreement_passes_torch_and_catches_a_wrong_gradient(
+    chunked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if chunked:  # Force the bounded-memory path: several chunks, a sample of gradient rows.
+        monkeypatch.setattr(agreement, "CHECK_CHUNK_ELEMENTS", 64)
+        monkeypatch.setattr(agreement, "GRADIENT_CHECK_ELEMENTS", 96)
+    spec = LOSSES["cross_entropy"]
+    logits = torch.randn(40, 7)
+    target = torch.randint(0, 7, (40,))
+    logits, loss, grad = _loss_and_grad(functional.cross_entropy, logits, target)
+    right = agreement.check_agreement(spec, torch.float32, logits, target, loss, grad)
+    assert right.passed and right.gradient_rows == (13 if chunked else 40)
+
+    def wrong_gradient(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # The right value, but the gradient of the last row is doubled (a row-offset bug).
+        doubled = torch.ones_like(x)
+        doubled[-1] = 2
+        scaled = x * doubled
+        return functional.cross_entropy(x.detach() + (scaled - scaled.detach()), y)
+
+    logits, loss, grad = _loss_and_grad(wrong_gradient, logits, target)
+    wrong = agreement.check_agreement(spec, torch.float32, logits, target, loss, grad)
+    assert wrong.loss_error <= tolerance(torch.float32)
+    assert not wrong.passed and wrong.grad_error > 0.01
+
+
+class _FakeBenchmark:
+    """Stands in for pytest-benchmark's fixture: a case that disagrees must never be timed."""
+
+    enabled = True
+
+    def pedantic(self, *args, **kwargs):
+        raise AssertionError("a disagreeing case was timed")
+
+
+class _FakeSession:
+    device = torch.device("cpu")
+    preset = PRESETS["tiny"]
+
+
+def test_a_wrong_implementation_fails_its_case_before_timing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def off_by_one_percent(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 1.01 * functional.binary_cross_entropy_with_logits(x, y)
+
+    wrong = Implementation("wrong", off_by_one_percent)
+    monkeypatch.setattr(run, "load_implementation", lambda loss, impl: wrong)
+    case = Case("binary_cross_entropy_with_logits", "wrong", "fp32", 16, 10, "forward_backward")
+    outcome = run._measure(case, _FakeSession(), _FakeBenchmark())
+    metrics = {name: value for name, value, *_ in outcome.metrics}
+    assert outcome.fail and "disagrees with the float64 reference" in outcome.fail
+    assert metrics["agreement"] == 0 and metrics["loss_rel_error"] == pytest.approx(0.01, rel=1e-3)
+
+
+class _RecordingBenchmark:
+    """Stands in for pytest-benchmark's fixture with --benchmark-disable: counts the calls."""
+
+    enabled = False
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def pedantic(self, target, setup, rounds: int) -> None:
+        setup()
+        target()
+        self.calls += 1
+
+
+def test_a_disagreeing_peer_is_timed_and_reported_as_expected_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def off_by_one_percent(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 1.01 * functional.cross_entropy(x, y)
+
+    peer = Implementation("torch", off_by_one_percent, peer=True)
+    monkeypatch.setattr(run, "load_implementation", lambda loss, impl: peer)
+    case = Case("cross_entropy", "torch", "fp32", 16, 10, "forward")
+    benchmark = _RecordingBenchmark()
+    outcome = run._measure(case, _FakeSession(), benchmark)
+    assert outcome.fail is None and "disagrees" in outcome.xfail
+    assert benchmark.calls == 1
+    assert {name for name, *_ in outcome.metrics} >= {"agreement", "peak_memory", "bytes"}
+
+
+# --- Peak memory on the CPU -------------------------------------------------------------------
+
+
+def test_cpu_peak_memory_sees_a_known_allocation_and_not_the_inputs() -> None:
+    mebibytes_32 = 8 * 2**20  # float32 elements in 32 MiB
+    inputs = torch.ones(2 * mebibytes_32)  # 64 MiB allocated before: must not count
+
+    def step() -> None:
+        first = torch.ones(mebibytes_32)
+        second = first * 2  # both alive: 64 MiB
+        del first, second
+        third = torch.ones(mebibytes_32 // 2)  # 16 MiB after the frees: below the peak
+        del third
+        inputs.mul_(1)
+
+    peak = measure.cpu_allocation_peak(step)
+    assert 64 * 2**20 <= peak < 65 * 2**20
+
+
+def test_gradient_rows_sample_includes_the_last_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agreement, "GRADIENT_CHECK_ELEMENTS", 100)
+    rows = agreement.gradient_rows(1000, 10, torch.device("cpu"))
+    assert len(rows) == 10 and rows[-1] == 999
+    assert torch.equal(rows, rows.sort().values) and len(rows.unique()) == 10
+    assert agreement.gradient_rows(5, 10, torch.device("cpu")).tolist() == [0, 1, 2, 3, 4]
