@@ -155,7 +155,10 @@ def _grid(batches: tuple[int, ...], classes: tuple[int, ...], max_elements: int)
     return [(n, c) for n, c in itertools.product(batches, classes) if n * c <= max_elements]
 
 
-# The peer table's shapes (mission-notes.md), measured in the full sweep.
+# The shapes at which the peers (torch eager, torch.compile, Liger-Kernel) are compared, measured
+# first in the full sweep. Softmax: a million rows of 10 classes (launch- and instruction-bound),
+# ImageNet's 1000 classes, and two language-model vocabularies. Sigmoid: a wide multi-label
+# problem, and COCO's 80 classes.
 PEER_SHAPES: dict[Family, tuple[tuple[int, int], ...]] = {
     "softmax": ((1048576, 10), (65536, 1000), (8192, 32768), (8192, 131072)),
     "sigmoid": ((8192, 16384), (65536, 80)),

@@ -5,8 +5,10 @@
     pytest bench/ --benchmark-disable --preset tiny --results-dir /tmp/tiny   # CI: runs once
 
 The options apply to every suite in bench/. Results go to --results-dir (default
-results/<device>/): the CSV after each case (at most every few seconds) and at the end, then the
-plots and SUMMARY.md; the terminal shows a line per case and a table of headline speedups.
+results/<device>/), checked to be writable before anything runs: the CSV after each case (at
+most every few seconds) and at the end, then the plots and SUMMARY.md. The terminal shows a line
+per case and, last of all, the headline speedups and where the results went; pytest-benchmark's
+own table (a row per case, every statistic) shows with --benchmark-table.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ import torch
 
 from lossbench.bench import provenance, report
 from lossbench.bench.cases import DTYPES, IMPLEMENTATIONS, LOSSES, PRESETS
-from lossbench.bench.results import BENCHMARKS_CSV, load_results
+from lossbench.bench.results import (
+    BENCHMARKS_CSV,
+    ResultsFolderError,
+    check_writable,
+    load_results,
+)
 from lossbench.bench.selection import SelectionError, parse_names, parse_sizes
 from lossbench.bench.session import BenchSession
 from lossbench.bench.summary import headline_table
@@ -41,6 +48,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--class-counts", default=None, help="comma list of class counts C")
     group.addoption(
         "--results-dir", default=None, help="where results go (default results/<device>)"
+    )
+    group.addoption(
+        "--benchmark-table",
+        action="store_true",
+        help="also print pytest-benchmark's own table (a row per case, every statistic); "
+        "without it lossbench's headline and SUMMARY.md report the run",
     )
     group.addoption(
         "--max-minutes",
@@ -64,7 +77,15 @@ def _selection(config: pytest.Config, option: str, parse, *args) -> tuple | None
 _SESSION = pytest.StashKey[BenchSession]()
 
 
+# A 1-minute load average above this many processes per CPU means other work competes for the
+# machine: its timings will be noisy, which the run says before it starts.
+LOADED_PER_CPU = 0.5
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options
 def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("--benchmark-table"):
+        config.option.benchmark_quiet = True
     device = provenance.bench_device()
     preset_name = config.getoption("--preset") or ("full" if device.type == "cuda" else "quick")
     preset = PRESETS[preset_name]
@@ -82,14 +103,25 @@ def pytest_configure(config: pytest.Config) -> None:
         max_minutes=config.getoption("--max-minutes"),
         announce=functools.partial(_progress, config),
     )
+    try:
+        check_writable(config.stash[_SESSION].results_dir)
+    except ResultsFolderError as error:
+        raise pytest.UsageError(f"lossbench: {error} (choose another --results-dir)") from None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     session = config.stash[_SESSION]
-    return [
+    lines = [
         f"lossbench: preset {session.preset.name} on {session.device}, "
         f"results in {session.results_dir}",
     ]
+    load, cpus = provenance.machine_load()
+    if load > LOADED_PER_CPU * cpus:
+        lines.append(
+            f"lossbench: WARNING: this machine is busy (load average {load:.1f} on {cpus} "
+            "CPUs): timings will be noisy; SUMMARY.md flags the noisy cases"
+        )
+    return lines
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -121,6 +153,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if bench.done_cases == 0:
         return
     bench.write()
+    _progress(
+        session.config, f"lossbench: writing the plots and SUMMARY.md of {bench.results_dir} ..."
+    )
     try:
         written = report.regenerate(bench.results_dir)
     except Exception as error:
@@ -130,17 +165,24 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     _progress(session.config, f"lossbench: wrote {len(written)} plots and summary files")
 
 
-def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    bench = config.stash[_SESSION]
-    if bench.done_cases == 0:
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The headline and where the results went, after everything pytest prints."""
+    bench = config.stash.get(_SESSION, None)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if bench is None or bench.done_cases == 0 or reporter is None:
         return
     frame = load_results(bench.results_dir)
     frame = frame[frame["run_date"] == bench.results.provenance["run_date"]]
-    terminalreporter.section("lossbench: forward+backward speedup over torch eager")
-    terminalreporter.write_line(headline_table(frame) or "nothing was timed")
-    terminalreporter.write_line(
+    reporter.write_sep("=", "lossbench: forward+backward speedup over torch eager")
+    reporter.write_line(headline_table(frame) or "nothing was timed")
+    reporter.write_line(
         f"results: {bench.results_dir / BENCHMARKS_CSV}, plots and SUMMARY.md beside it"
     )
+    if bench.results.kept:
+        reporter.write_line(
+            f"kept the earlier, fuller measurements of {len(bench.results.kept)} cases that this "
+            "run only skipped or did not time (a fresh --results-dir starts from nothing)"
+        )
 
 
 def _progress(config: pytest.Config, line: str) -> None:

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The one prepared check for a task that has a GPU: the tests compiled on the GPU, then the full
-# benchmark sweep, everything written under OUTDIR. Under 8 minutes on an H200; needs no network.
+# The check to run on a machine with a CUDA GPU: the tests, compiled and run on the GPU, then the
+# full benchmark sweep, everything written under OUTDIR. Needs no network; the GPU sweep stops
+# starting new cases after 4.5 minutes, so the whole script takes under 8 minutes on an H200.
 #
 #   bench/gpu_check.sh OUTDIR
 #
-# Through the device tool, from the repository root (the machine's copy may lack .git):
-#   run(command="LOSSBENCH_GIT_COMMIT=<commit> bench/gpu_check.sh $OUT", timeout_s=540)
+# Run it from a checkout with lossbench installed (pip install -e ".[test]"). On a copy of the
+# tree without .git, set LOSSBENCH_GIT_COMMIT=<commit> so that the results name their commit.
 #
-# OUTDIR receives at most 8 files (the device tool returns no more):
+# OUTDIR receives:
 #   environment.txt  date, nvidia-smi, Python/torch/triton versions, git commit
 #   tests.log        python -m pytest tests/ (kernels compiled on the GPU)
 #   bench.log        the full sweep: a line per case, skips with reasons, the headline table
@@ -15,10 +16,10 @@
 #   SUMMARY.md       best implementation per shape, speedups, agreement verdicts
 #   benchmark.json   pytest-benchmark's own record, extra figures in extra_info
 #   plots.tar.gz     the plots
-# To commit the run: copy benchmarks.csv into results/<device>/ (results/h200/) and redraw the
-# plots and SUMMARY.md there with `python -m bench plot results/<device>`.
+# To commit the run: copy benchmarks.csv into results/<device>/ (results/h200/ for an H200) and
+# redraw the plots and SUMMARY.md there with `lossbench plot results/<device>`.
 #
-# Time: tests are cut at 140 s; the sweep skips the cases that would start after 4.5 minutes
+# Time: the tests are cut at 140 s; the sweep skips the cases that would start after 4.5 minutes
 # and is interrupted (SIGINT, so it still writes its CSV and plots) at 300 s.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -34,7 +35,7 @@ status=0
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "git commit: ${LOSSBENCH_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
     nvidia-smi
-    "$python" - <<'EOF'
+    "$python" - <<'PYTHON'
 import platform
 
 import torch
@@ -42,7 +43,7 @@ import triton
 
 print(f"python {platform.python_version()}, torch {torch.__version__}, triton {triton.__version__}")
 print(f"device {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}")
-EOF
+PYTHON
 } >"$outdir/environment.txt" 2>&1 || status=1
 
 timeout -s INT -k 20 140 "$python" -m pytest tests/ -q -ra -p no:cacheprovider \

@@ -81,18 +81,41 @@ def timing_rounds(preset: Preset, call_s: float) -> int:
     return max(preset.min_rounds, min(preset.max_rounds, wanted))
 
 
-def do_bench_ms(step: Step, logits: torch.Tensor, rep_ms: float) -> float:
-    """triton.testing.do_bench median (ms) of an unsynchronised ``step`` on a GPU: CUDA events
-    around each call, L2 flushed before it.
+# The spread every time is reported with: the 20th and 80th percentiles of the timed calls, as
+# Liger-Kernel's benchmarks keep them beside the median.
+SPREAD_QUANTILES = (0.2, 0.8)
+
+
+def spread(seconds: list[float]) -> tuple[float, float]:
+    """The 20th and 80th percentiles of ``seconds`` (linear interpolation between calls)."""
+    ordered = sorted(seconds)
+
+    def quantile(q: float) -> float:
+        position = q * (len(ordered) - 1)
+        low = math.floor(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    return quantile(SPREAD_QUANTILES[0]), quantile(SPREAD_QUANTILES[1])
+
+
+def do_bench_ms(step: Step, logits: torch.Tensor, rep_ms: float) -> tuple[float, float, float]:
+    """triton.testing.do_bench's median, 20th and 80th percentiles (ms) of an unsynchronised
+    ``step`` on a GPU: CUDA events around each call, L2 flushed before it.
 
     The gradient of ``logits`` is set to None before every call, outside the timed region.
     """
     from triton.testing import do_bench
 
     grad_to_none = [logits] if logits.requires_grad else None
-    return do_bench(
-        step, warmup=rep_ms / 4, rep=rep_ms, grad_to_none=grad_to_none, return_mode="median"
+    median, low, high = do_bench(
+        step,
+        warmup=rep_ms / 4,
+        rep=rep_ms,
+        grad_to_none=grad_to_none,
+        quantiles=[0.5, *SPREAD_QUANTILES],
     )
+    return median, low, high
 
 
 def copy_bandwidth(device: torch.device) -> float:

@@ -28,9 +28,13 @@ COLUMNS = [*PROVENANCE_COLUMNS, *CASE_COLUMNS, "metric", "value", "unit", "note"
 # Every metric a case can record, with its unit (results/README.md says what each one counts).
 UNITS: dict[str, str] = {
     "time_median": "ms",
+    "time_p20": "ms",
+    "time_p80": "ms",
     "time_iqr": "ms",
     "rounds": "count",
     "do_bench_median": "ms",
+    "do_bench_p20": "ms",
+    "do_bench_p80": "ms",
     "bytes": "B",
     "throughput": "GB/s",
     "copy_fraction": "fraction",
@@ -47,6 +51,13 @@ UNITS: dict[str, str] = {
     "skipped": "",
     "error": "",
 }
+
+
+# A case whose timed calls spread by more than this, (p80 - p20) / median, is flagged noisy: its
+# time is reported with the flag, and no headline speedup is drawn from it. On a GPU with
+# do_bench the spread is a few percent; on a shared CPU a contended case spread 39 % (IQR over
+# the median, 3 rounds) and still showed a 93x "speedup", which is what this guards against.
+NOISY_SPREAD = 0.2
 
 
 class ResultsFolderError(Exception):
@@ -130,7 +141,8 @@ def load_csv(path: Path, columns: Sequence[str], text_columns: Sequence[str] = (
     """
     import pandas as pd
 
-    frame = pd.read_csv(path, dtype=dict.fromkeys([*PROVENANCE_COLUMNS, *text_columns], str))
+    text = [*PROVENANCE_COLUMNS, *text_columns, *(["note"] if "note" in columns else [])]
+    frame = pd.read_csv(path, dtype=dict.fromkeys(text, str))
     if list(frame.columns) != list(columns):
         raise ResultsFolderError(f"{path} has columns {list(frame.columns)}, expected {columns}")
     if "value" in frame:
@@ -147,35 +159,60 @@ def case_key(row: Mapping[str, object]) -> tuple[str, ...]:
     return tuple(str(row[column]) for column in CASE_COLUMNS)
 
 
+# The metrics that say a case was timed.
+TIME_METRICS = ("time_median", "do_bench_median")
+
+
+def measured_less(new: Mapping[str, object], earlier: Mapping[str, object]) -> bool:
+    """Whether a case's new metrics measured less than its earlier ones, so that replacing them
+    would silently lose a fuller result: the new run only skipped a case that was measured, or
+    did not time a case that was timed (--benchmark-disable, the interpreter).
+
+    Never when the new run found something wrong: an error, or a disagreement (agreement 0),
+    always replaces what was there.
+    """
+    if not earlier or "error" in new or new.get("agreement") in (0, "0"):
+        return False
+    skipped_only = set(new) <= {"skipped"}
+    if skipped_only:
+        return any(name != "skipped" for name in earlier)
+    timed = any(name in new for name in TIME_METRICS)
+    return not timed and any(name in earlier for name in TIME_METRICS)
+
+
 class ResultsFile:
     """The benchmarks CSV of a results folder: earlier rows, replaced case by case as a run
     measures.
 
-    ``record`` replaces every earlier row of the case it measured; ``write`` rewrites the whole
-    file atomically. Rows of cases this run did not measure (or only skipped) keep their own
-    provenance.
+    ``record`` replaces the earlier rows of each case the run measured, unless the new run
+    measured less (``measured_less``); ``write`` rewrites the whole file atomically. Rows of
+    cases this run did not measure keep their own provenance.
     """
 
     def __init__(self, folder: Path, run_provenance: Mapping[str, str]) -> None:
         self.path = Path(folder) / BENCHMARKS_CSV
         self.provenance = dict(run_provenance)
         self.rows_by_case: dict[tuple[str, ...], list[dict[str, object]]] = {}
+        # Cases whose earlier, fuller measurements this run kept (``record``).
+        self.kept: set[tuple[str, ...]] = set()
         if self.path.exists():
             for row in read_csv_rows(self.path, COLUMNS):
                 self.rows_by_case.setdefault(case_key(row), []).append(row)
 
     def record(self, case: Mapping[str, object], metrics: Iterable[tuple]) -> None:
-        """Replace the rows of ``case`` (the CASE_COLUMNS) by ``metrics``.
+        """Replace the rows of ``case`` (the CASE_COLUMNS) by ``metrics``, unless they measured
+        less than the earlier rows (``measured_less``): then the earlier rows stay, and the case
+        counts in ``kept``.
 
         Each metric is ``(name, value)`` or ``(name, value, note)``; units come from ``UNITS``.
-        A case this run only skipped (no metric but ``skipped``) measured nothing: its earlier
-        measurements, if any, are kept and the skip is not recorded.
         """
         metrics = list(metrics)
-        earlier = self.rows_by_case.get(case_key(case), [])
-        skipped_only = all(name == "skipped" for name, *_ in metrics)
-        if skipped_only and any(row["metric"] != "skipped" for row in earlier):
+        key = case_key(case)
+        earlier = {row["metric"]: row["value"] for row in self.rows_by_case.get(key, [])}
+        if measured_less({name: value for name, value, *_ in metrics}, earlier):
+            self.kept.add(key)
             return
+        self.kept.discard(key)
         rows = []
         for name, value, *note in metrics:
             rows.append(
@@ -188,7 +225,7 @@ class ResultsFile:
                     "note": note[0] if note else "",
                 }
             )
-        self.rows_by_case[case_key(case)] = rows
+        self.rows_by_case[key] = rows
 
     def write(self) -> None:
         rows = [row for case_rows in self.rows_by_case.values() for row in case_rows]
@@ -203,10 +240,11 @@ def load_results(folder: Path):
 def case_table(frame):
     """One row per case, one column per metric, with the headline speed columns added.
 
-    ``time_ms``, ``gbps`` and ``copy_fraction_of_time``: do_bench's figures where the case has
-    them (GPU), else pytest-benchmark's. ``speedup``: torch eager's ``time_ms`` of the same run
-    (``run_date``) at the same loss, dtype, shape and pass over this case's; NaN where that run
-    did not time torch eager there.
+    ``time_ms``, ``time_p20_ms``, ``time_p80_ms``, ``gbps`` and ``of_copy``: do_bench's figures
+    where the case has them (GPU), else pytest-benchmark's. ``spread``: (p80 - p20) / median;
+    ``noisy``: spread above ``NOISY_SPREAD``. ``speedup``: torch eager's ``time_ms`` of the same
+    run (``run_date``) at the same loss, dtype, shape and pass over this case's, NaN where that
+    run did not time torch eager there; ``speedup_noisy`` when either time is noisy.
     """
     index = ["run_date", *CASE_COLUMNS]
     wide = frame.pivot_table(index=index, columns="metric", values="value", aggfunc="last")
@@ -217,10 +255,18 @@ def case_table(frame):
             wide[metric] = math.nan
     on_gpu = wide["do_bench_median"].notna()
     wide["time_ms"] = wide["do_bench_median"].where(on_gpu, wide["time_median"])
+    wide["time_p20_ms"] = wide["do_bench_p20"].where(on_gpu, wide["time_p20"])
+    wide["time_p80_ms"] = wide["do_bench_p80"].where(on_gpu, wide["time_p80"])
+    wide["spread"] = (wide["time_p80_ms"] - wide["time_p20_ms"]) / wide["time_ms"]
+    wide["noisy"] = wide["spread"] > NOISY_SPREAD
     wide["gbps"] = wide["throughput_do_bench"].where(on_gpu, wide["throughput"])
     wide["of_copy"] = wide["copy_fraction_do_bench"].where(on_gpu, wide["copy_fraction"])
     shape = ["run_date", "loss", "dtype", "batch", "classes", "pass"]
-    eager = wide[wide["impl"] == "torch"].set_index(shape)["time_ms"].rename("torch_ms")
+    eager = wide[wide["impl"] == "torch"].set_index(shape)[["time_ms", "noisy"]]
+    eager.columns = ["torch_ms", "torch_noisy"]
     wide = wide.join(eager, on=shape)
     wide["speedup"] = wide["torch_ms"] / wide["time_ms"]
+    # A speedup is as trustworthy as the noisier of its two times (torch_noisy is NaN where the
+    # run did not time torch eager: then there is no speedup to doubt).
+    wide["speedup_noisy"] = wide["noisy"] | wide["torch_noisy"].fillna(False).astype(bool)
     return wide

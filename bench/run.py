@@ -34,6 +34,7 @@ from lossbench.bench.measure import (
     estimated_peak_bytes,
     make_step,
     peak_memory,
+    spread,
     time_once,
     timing_rounds,
 )
@@ -153,8 +154,11 @@ def _measure(case: Case, session: BenchSession, benchmark) -> Outcome:
     stats = benchmark.stats.stats
     copy_gbps = session.copy_bandwidth_gbps
     throughput = moved / stats.median / 1e9
+    low, high = spread(stats.data)
     outcome.metrics += [
         ("time_median", stats.median * 1e3),
+        ("time_p20", low * 1e3),
+        ("time_p80", high * 1e3),
         ("time_iqr", stats.iqr * 1e3),
         ("rounds", stats.rounds),
         ("throughput", throughput),
@@ -165,10 +169,12 @@ def _measure(case: Case, session: BenchSession, benchmark) -> Outcome:
         # do_bench runs back to back: Liger's logits then hold the previous call's gradient,
         # which costs it the same work (pytest-benchmark's rounds restore them each time).
         unsynchronized = make_step(implementation, logits, target, case.pass_, False)
-        milliseconds = do_bench_ms(unsynchronized, logits, session.preset.do_bench_ms)
+        milliseconds, low, high = do_bench_ms(unsynchronized, logits, session.preset.do_bench_ms)
         throughput = moved / milliseconds / 1e6
         outcome.metrics += [
             ("do_bench_median", milliseconds),
+            ("do_bench_p20", low),
+            ("do_bench_p80", high),
             ("throughput_do_bench", throughput),
             ("copy_fraction_do_bench", throughput / copy_gbps),
         ]

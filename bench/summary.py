@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from lossbench.bench.results import case_table
+from lossbench.bench.results import NOISY_SPREAD, case_table
 
 
 def _provenance_line(frame) -> str:
@@ -29,11 +29,28 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _spread(row) -> str:
+    """'±4%': half the p20-p80 range of a case's time over its median; '' when not measured."""
+    if math.isnan(row["spread"]):
+        return ""
+    return f"±{row['spread'] / 2:.0%}"
+
+
+def _speedup(row) -> str:
+    """A speedup over torch eager for a table cell: never a number drawn from a noisy time."""
+    if math.isnan(row["speedup"]):
+        return "-"
+    if row["speedup_noisy"]:
+        return "noisy"
+    return f"{row['speedup']:.2f}x"
+
+
 def headline_table(frame) -> str:
     """Forward+backward speedups over torch eager (and fraction of copy bandwidth) per impl.
 
     Rows: the peer table's shapes where measured, else each loss and dtype's largest shape.
-    Empty string when nothing was timed.
+    A speedup where either time is noisy (``results.NOISY_SPREAD``) reads 'noisy', never a
+    number. Empty string when nothing was timed.
     """
     from lossbench.bench.cases import LOSSES, PEER_SHAPES
 
@@ -53,17 +70,19 @@ def headline_table(frame) -> str:
             at_shape = group[(group["batch"] == batch) & (group["classes"] == classes)]
             by_impl = at_shape.set_index("impl")
             cells = [loss, dtype, f"{int(batch)} x {int(classes)}"]
-            eager = by_impl["time_ms"].get("torch", math.nan)
-            cells.append("-" if math.isnan(eager) else f"{eager:.3g} ms")
+            if "torch" in by_impl.index:
+                eager = by_impl.loc["torch"]
+                cells.append(f"{eager['time_ms']:.3g} ms {_spread(eager)}".strip())
+            else:
+                cells.append("-")
             for impl in impls:
-                if impl not in by_impl.index or math.isnan(by_impl.at[impl, "time_ms"]):
+                if impl not in by_impl.index:
                     cells.append("-")
                     continue
-                speedup = by_impl.at[impl, "speedup"]
-                of_copy = by_impl.at[impl, "of_copy"]
-                text = "-" if math.isnan(speedup) else f"{speedup:.2f}x"
-                if not math.isnan(of_copy):
-                    text += f" ({of_copy:.0%} of copy)"
+                row = by_impl.loc[impl]
+                text = _speedup(row)
+                if not math.isnan(row["of_copy"]):
+                    text += f" ({row['of_copy']:.0%} of copy)"
                 cells.append(text)
             rows.append(cells)
     return markdown_table(["loss", "dtype", "N x C", "torch eager", *impls], rows)
@@ -79,11 +98,13 @@ def summary_markdown(frame) -> str:
         f"Provenance: {_provenance_line(frame)}.",
         "",
         "Time: triton.testing.do_bench median on a GPU, else pytest-benchmark median; the device "
-        "is synchronised. Bandwidth: bytes moved (each input read once, each output written "
-        "once) over that time; 'of copy' is its fraction of the device-to-device copy "
-        f"bandwidth measured in the same run{_copy_bandwidths(wide)}.",
+        "is synchronised. ± is half the range from the 20th to the 80th percentile of the timed "
+        f"calls, over the median; a case whose range exceeds {NOISY_SPREAD:.0%} of its median "
+        "is noisy, and no speedup is drawn from it. Bandwidth: bytes moved (each input read "
+        "once, each output written once) over that time; 'of copy' is its fraction of the "
+        f"device-to-device copy bandwidth measured in the same run{_copy_bandwidths(wide)}.",
         "Speedup: torch eager's time over the implementation's, same run, same shape ('-' where "
-        "that run did not time torch eager at that shape).",
+        "that run did not time torch eager at that shape, 'noisy' where either time is).",
         "",
     ]
     headline = headline_table(frame)
@@ -99,9 +120,9 @@ def summary_markdown(frame) -> str:
         for key, group in timed.groupby(order):
             best = group.loc[group["time_ms"].idxmin()]
             others = ", ".join(
-                f"{r['impl']} {r['speedup']:.2f}x"
-                for _, r in group.sort_values("impl").iterrows()
-                if r["impl"] != "torch" and not math.isnan(r["speedup"])
+                f"{row['impl']} {_speedup(row)}"
+                for _, row in group.sort_values("impl").iterrows()
+                if row["impl"] != "torch" and not math.isnan(row["speedup"])
             )
             rows.append(
                 [
@@ -109,8 +130,8 @@ def summary_markdown(frame) -> str:
                     key[1],
                     key[2],
                     _shape(best),
-                    f"**{best['impl']}**",
-                    f"{best['time_ms']:.4g}",
+                    f"**{best['impl']}**" + (" (noisy)" if best["noisy"] else ""),
+                    f"{best['time_ms']:.4g} {_spread(best)}".strip(),
                     f"{best['gbps']:.3g}",
                     f"{best['of_copy']:.0%}" if not math.isnan(best["of_copy"]) else "-",
                     others or "-",

@@ -17,18 +17,22 @@ from .helpers import benchmark_case as _case
 # --- Plots and summary from a hand-made CSV ---------------------------------------------------
 
 
-def _hand_made_results(folder: Path) -> None:
-    """torch eager at 2 ms everywhere, triton at 0.5 ms (4x) except 1 ms (2x) at 64 x 1000."""
+def _hand_made_results(folder: Path, spread: float = 0.02) -> None:
+    """torch eager at 2 ms everywhere, triton at 0.5 ms (4x) except 1 ms (2x) at 64 x 1000;
+    the timed calls spread by ``spread`` of the median, but triton's at 8 x 1000 by 60 %."""
     results = ResultsFile(folder, PROVENANCE)
     for batch in (8, 64):
         for classes in (10, 1000):
             for impl, milliseconds in (("torch", 2.0), ("triton", 0.5)):
                 if impl == "triton" and (batch, classes) == (64, 1000):
                     milliseconds = 1.0
+                width = 0.6 if (impl, batch, classes) == ("triton", 8, 1000) else spread
                 moved = bytes_moved("cross_entropy", batch, classes, "fp32", "forward_backward")
                 gbps = moved / milliseconds / 1e6
                 metrics = [
                     ("time_median", milliseconds),
+                    ("time_p20", milliseconds * (1 - width / 2)),
+                    ("time_p80", milliseconds * (1 + width / 2)),
                     ("bytes", moved),
                     ("throughput", gbps),
                     ("copy_bandwidth", 10.0),
@@ -60,6 +64,10 @@ def test_plots_and_summary_are_regenerated_from_the_csv_alone(tmp_path: Path) ->
     assert "Test CPU" in summary
     best = [line for line in summary.splitlines() if "| forward_backward | 64 x 1000 |" in line]
     assert len(best) == 1 and "**triton**" in best[0] and "triton 2.00x" in best[0]
+    assert "| 1 ±1% |" in best[0]
+    noisy = [line for line in summary.splitlines() if "| forward_backward | 8 x 1000 |" in line]
+    assert "**triton** (noisy)" in noisy[0] and "triton noisy" in noisy[0]
+    assert "4.00x" not in noisy[0]
     assert "| cross_entropy | triton | PASS |" in summary
     assert "Liger-Kernel needs a CUDA GPU" in summary
 
@@ -79,7 +87,14 @@ def test_headline_table_shows_speedups_and_copy_fractions(tmp_path: Path) -> Non
     _hand_made_results(tmp_path)
     table = headline_table(load_results(tmp_path))
     # No peer shape was measured: the largest shape, 64 x 1000, where triton is 2x.
-    assert "| cross_entropy | fp32 | 64 x 1000 | 2 ms | 2.00x" in table
+    assert "| cross_entropy | fp32 | 64 x 1000 | 2 ms ±1% | 2.00x" in table
+
+
+def test_no_speedup_is_headlined_from_a_noisy_time(tmp_path: Path) -> None:
+    _hand_made_results(tmp_path, spread=0.5)  # torch eager spreads by 50 %: over the threshold
+    table = headline_table(load_results(tmp_path))
+    assert "| 64 x 1000 | 2 ms ±25% | noisy (" in table
+    assert "2.00x" not in table
 
 
 def test_speedups_and_copy_bandwidth_never_mix_runs(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,12 +16,13 @@ from lossbench.bench.results import (
     UNITS,
     ResultsFile,
     ResultsFolderError,
+    check_writable,
     load_results,
     write_atomically,
 )
 from lossbench.bench.summary import summary_markdown
 
-from .helpers import PROVENANCE
+from .helpers import PROVENANCE, REPOSITORY_ROOT
 from .helpers import benchmark_case as _case
 
 # --- CSV, atomic writes -----------------------------------------------------------------------
@@ -74,6 +77,30 @@ def test_a_rerun_that_only_skips_a_case_keeps_its_earlier_measurements(tmp_path:
     assert torch_rows["note"].tolist() == ["time budget"]
 
 
+def test_an_untimed_rerun_keeps_the_timed_result_but_a_failure_replaces_it(
+    tmp_path: Path,
+) -> None:
+    first = ResultsFile(tmp_path, PROVENANCE)
+    for impl in ("torch", "triton", "reference"):
+        first.record(_case(impl, 8, 10), [("time_median", 1.0), ("agreement", 1)])
+    first.write()
+    second = ResultsFile(tmp_path, {**PROVENANCE, "run_date": "2026-02-02T00:00:00Z"})
+    # --benchmark-disable: agreement checked, nothing timed. Kept, and counted as kept.
+    second.record(_case("torch", 8, 10), [("agreement", 1), ("peak_memory", 0)])
+    # A disagreement, and an exception, always replace what was there.
+    second.record(_case("triton", 8, 10), [("agreement", 0)])
+    second.record(_case("reference", 8, 10), [("error", None, "RuntimeError()")])
+    second.write()
+    assert len(second.kept) == 1
+    frame = load_results(tmp_path)
+    metrics = {impl: set(group["metric"]) for impl, group in frame.groupby("impl")}
+    assert metrics == {
+        "torch": {"time_median", "agreement"},
+        "triton": {"agreement"},
+        "reference": {"error"},
+    }
+
+
 @pytest.mark.parametrize("failing", ["fsync", "replace"])
 def test_an_interrupted_write_leaves_the_earlier_file_intact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
@@ -126,3 +153,58 @@ def test_a_csv_with_other_columns_is_refused(tmp_path: Path) -> None:
 )
 def test_device_slug(name: str | None, slug: str) -> None:
     assert provenance.device_slug(name) == slug
+
+
+# --- Writable folders and honest provenance ---------------------------------------------------
+
+
+def test_a_folder_that_cannot_be_written_fails_at_once_with_one_clear_line(
+    tmp_path: Path,
+) -> None:
+    in_the_way = tmp_path / "a file"
+    in_the_way.write_text("not a folder")
+    with pytest.raises(ResultsFolderError, match=r"cannot write results to .*a file/cpu"):
+        check_writable(in_the_way / "cpu")
+    check_writable(tmp_path / "new" / "cpu")  # a missing folder is made
+    assert (tmp_path / "new" / "cpu").is_dir()
+
+
+def test_the_benchmarks_refuse_an_unwritable_folder_before_running_anything(
+    tmp_path: Path,
+) -> None:
+    in_the_way = tmp_path / "a file"
+    in_the_way.write_text("not a folder")
+    completed = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "bench/", "--collect-only", "-q"),
+            *("-p", "no:cacheprovider", "--results-dir", str(in_the_way / "cpu")),
+        ],
+        cwd=REPOSITORY_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "lossbench: cannot write results to" in completed.stderr
+    assert "Traceback" not in completed.stdout + completed.stderr
+
+
+def _git(folder: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=folder, check=True, capture_output=True)
+
+
+def test_git_commit_is_dirty_for_code_changes_and_not_for_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "benchmarks.csv").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    monkeypatch.setattr(provenance, "REPOSITORY_ROOT", tmp_path)
+    monkeypatch.delenv("LOSSBENCH_GIT_COMMIT", raising=False)
+    (tmp_path / "results" / "benchmarks.csv").write_text("rewritten by a run\n")
+    assert not provenance.git_commit().endswith("+dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert provenance.git_commit().endswith("+dirty")

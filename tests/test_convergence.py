@@ -390,3 +390,18 @@ def test_tiny_run_writes_csv_and_plot(tmp_path) -> None:
     assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
     png = (tmp_path / CONVERGENCE_PNG).read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_a_shorter_run_never_silently_replaces_a_fuller_one(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one_run = ["--tasks", "binary", "--losses", "binary_cross_entropy_with_logits"]
+    one_run += ["--impls", "torch", "--results-dir", str(tmp_path), "--no-progress"]
+    assert main(["convergence", *one_run, "--epochs", "2", "--max-steps", "2"]) == 0
+    written = (tmp_path / CONVERGENCE_CSV).read_bytes()
+    capsys.readouterr()
+    assert main(["convergence", *one_run, "--epochs", "1", "--max-steps", "2"]) == 1
+    assert "holds a fuller run than this one would write (2 epochs" in capsys.readouterr().err
+    assert (tmp_path / CONVERGENCE_CSV).read_bytes() == written
+    assert main(["convergence", *one_run, "--epochs", "1", "--max-steps", "2", "--overwrite"]) == 0
+    assert (tmp_path / CONVERGENCE_CSV).read_bytes() != written

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from lossbench.kernels._common import (
 )
 from lossbench.reference.tolerance import assert_close
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .helpers import REPOSITORY_ROOT
 
 
 @triton.jit
@@ -52,12 +51,32 @@ def test_fp32_to_bf16_rounds_to_nearest_even_like_torch() -> None:
 def test_scale_unless_one(dtype: torch.dtype, n_elements: int) -> None:
     grad = torch.randn(n_elements, device=KERNEL_DEVICE).to(dtype)
     original = grad.clone()
-    scale_unless_one_(grad, torch.ones((), device=KERNEL_DEVICE, dtype=dtype))
-    assert torch.equal(grad, original), "an upstream gradient of 1 must leave the gradient alone"
     upstream = torch.empty((), device=KERNEL_DEVICE).uniform_(-3, 3)
     scale_unless_one_(grad, upstream.to(dtype))
     expected = original.double() * upstream.to(dtype).double()
     assert_close(grad, expected, dtype, "scaled gradient")
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="counts the stores of Triton's interpreter")
+def test_an_upstream_gradient_of_one_writes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """loss.backward() passes exactly 1: then the gradient is neither read nor written again."""
+    from triton.runtime import interpreter
+
+    stores: list[str] = []
+    for name in ("create_store", "create_masked_store"):
+        original = getattr(interpreter.InterpreterBuilder, name)
+
+        def counting(self, *args, _original=original, _name=name, **kwargs):
+            stores.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(interpreter.InterpreterBuilder, name, counting)
+    grad = torch.randn(10_000, device=KERNEL_DEVICE)
+    scale_unless_one_(grad, torch.ones((), device=KERNEL_DEVICE))
+    assert stores == []
+    # The count does see the kernel's stores: the same call with another upstream makes them.
+    scale_unless_one_(grad, torch.full((), 2.0, device=KERNEL_DEVICE))
+    assert stores
 
 
 def test_scale_unless_one_rejects_bad_arguments() -> None:
@@ -81,7 +100,7 @@ def test_importing_triton_first_gives_a_clear_error() -> None:
     environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     completed = subprocess.run(
         [sys.executable, "-c", "import triton, lossbench.kernels"],
-        cwd=REPO_ROOT,
+        cwd=REPOSITORY_ROOT,
         env=environment,
         capture_output=True,
         text=True,

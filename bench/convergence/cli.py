@@ -23,6 +23,7 @@ from lossbench.bench.convergence.data import (
 from lossbench.bench.convergence.results import (
     CONVERGENCE_CSV,
     CONVERGENCE_PNG,
+    fuller_run_on_disk,
     plot_convergence,
     results_rows,
     summary_table,
@@ -87,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CPU_THREADS,
         help=f"CPU threads when training on the CPU (default {DEFAULT_CPU_THREADS})",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a convergence.csv that holds a fuller run (more epochs, longer epochs, "
+        "other runs or another data set); without it such a run is refused before training",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -122,6 +129,7 @@ def run(arguments: argparse.Namespace) -> int:
 
 def _run(arguments: argparse.Namespace, device: torch.device) -> int:
     results_dir = arguments.results_dir or results_folder(device)
+    csv_path, png_path = results_dir / CONVERGENCE_CSV, results_dir / CONVERGENCE_PNG
     try:
         check_writable(results_dir)
         data = _load_data(arguments)
@@ -130,6 +138,14 @@ def _run(arguments: argparse.Namespace, device: torch.device) -> int:
             epochs, seed=arguments.seed, max_steps_per_epoch=arguments.max_steps
         )
         pairs = selected_pairs(arguments.tasks, arguments.losses)
+        trained = {(task.name, loss, impl) for task, loss in pairs for impl in arguments.impls}
+        steps = config.steps_per_epoch(len(data.train_labels))
+        lost = fuller_run_on_disk(csv_path, data.name, epochs, steps, trained)
+        if lost and not arguments.overwrite:
+            raise ConvergenceError(
+                f"{csv_path} holds a fuller run than this one would write ({lost}): pass "
+                "--overwrite to replace it, or --results-dir to write elsewhere"
+            )
         print(
             f"convergence: {data.description} ({len(data.train_labels)} train, "
             f"{len(data.test_labels)} test images), {epochs} epochs of "
@@ -142,7 +158,6 @@ def _run(arguments: argparse.Namespace, device: torch.device) -> int:
     except (ConvergenceError, ResultsFolderError) as error:
         print(f"lossbench convergence: {error}", file=sys.stderr)
         return 1
-    csv_path, png_path = results_dir / CONVERGENCE_CSV, results_dir / CONVERGENCE_PNG
     write_convergence(results_rows(runs, data, config, device), csv_path)
     plot_convergence(csv_path, png_path)
     print(summary_table(runs))

@@ -94,6 +94,38 @@ def results_rows(
     return rows
 
 
+def fuller_run_on_disk(
+    csv_path: Path,
+    dataset: str,
+    epochs: int,
+    steps_per_epoch: int,
+    runs: set[tuple[str, str, str]],
+) -> str | None:
+    """What of the convergence CSV at ``csv_path`` a new run would lose, or None.
+
+    The new run trains ``runs`` ((task, loss, impl) triples) on ``dataset`` for ``epochs`` of
+    ``steps_per_epoch`` steps. It would lose something when the file holds another data set,
+    more epochs, longer epochs, or a (task, loss, impl) the new run does not train: a quick run
+    must not silently replace a fuller one.
+    """
+    if not csv_path.exists():
+        return None
+    frame = load_convergence(csv_path)
+    steps = frame[frame["metric"] == "train_loss"]
+    on_disk_epochs = int(frame["epoch"].max())
+    on_disk_steps = len(steps) // max(1, steps.groupby(["task", "loss", "impl"]).ngroups)
+    on_disk_runs = set(zip(frame["task"], frame["loss"], frame["impl"], strict=True))
+    datasets = set(frame["dataset"])
+    lost = []
+    if datasets != {dataset}:
+        lost.append(f"data set {', '.join(sorted(datasets))}")
+    if on_disk_epochs > epochs or on_disk_steps > epochs * steps_per_epoch:
+        lost.append(f"{on_disk_epochs} epochs, {on_disk_steps} steps per run")
+    if on_disk_runs - runs:
+        lost.append(f"{len(on_disk_runs - runs)} (task, loss, impl) runs this one does not train")
+    return "; ".join(lost) or None
+
+
 def write_convergence(rows: Sequence[dict[str, object]], path: Path) -> None:
     """Write ``rows`` to ``path`` with the columns ``COLUMNS``, atomically."""
     write_csv(path, COLUMNS, rows)
@@ -124,6 +156,7 @@ def plot_convergence(csv_path: Path, png_path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     frame = load_convergence(csv_path)
     pairs = list(dict.fromkeys(zip(frame["task"], frame["loss"], strict=True)))
@@ -181,6 +214,7 @@ def plot_convergence(csv_path: Path, png_path: Path) -> None:
         for name, group in errors.groupby("impl", sort=False):
             error_axis.plot(group["epoch"], group["value"], label=name, **_STYLES[name])
         error_axis.set_title(f"{pair_title}: test 0-1 loss")
+        error_axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
         error_axis.set_xlabel("epoch")
         error_axis.set_ylabel("error rate (fraction of labels)")
         error_axis.legend()
@@ -202,6 +236,10 @@ def plot_convergence(csv_path: Path, png_path: Path) -> None:
     write_atomically(png_path, image.getvalue())
 
 
+def _step_loss_difference(run: TrainingRun, baseline: TrainingRun) -> float:
+    return relative_error(torch.tensor(run.step_losses), torch.tensor(baseline.step_losses))
+
+
 def summary_table(runs: Sequence[TrainingRun]) -> str:
     """A terminal table per run: final test error, median epoch seconds, agreement with torch."""
     import pandas as pd
@@ -220,15 +258,12 @@ def summary_table(runs: Sequence[TrainingRun]) -> str:
                 "median epoch s": sorted(record.seconds for record in run.epochs)[
                     len(run.epochs) // 2
                 ],
+                # torch's own row compares with nothing: '-', not NaN.
                 "step-loss rel. diff vs torch": (
-                    relative_error(
-                        torch.tensor(run.step_losses), torch.tensor(baseline.step_losses)
-                    )
-                    if compared
-                    else float("nan")
+                    f"{_step_loss_difference(run, baseline):.3g}" if compared else "-"
                 ),
                 "weight rel. diff vs torch": (
-                    weight_difference(run, baseline) if compared else float("nan")
+                    f"{weight_difference(run, baseline):.3g}" if compared else "-"
                 ),
             }
         )
