@@ -1,12 +1,13 @@
-"""How the harness measures: synchronised steps, copy bandwidth, peak memory, agreement.
+"""How the harness measures speed and memory: synchronised steps, their spread, copy bandwidth,
+peak memory. (Agreement with the float64 reference is lossbench.bench.agreement's.)
 
 Every figure says what it counts:
-- time: one call of the step, the device synchronised inside it (pytest-benchmark's median), and
-  on a GPU also triton.testing.do_bench's median (CUDA events, L2 flushed between calls);
-- bandwidth: ``bench.cases.bytes_moved`` over that time, and its fraction of the device-to-device
-  copy bandwidth measured in the same session (``copy_bandwidth``);
-- memory: the peak allocated during one step beyond what was allocated before it (the inputs);
-- agreement: ``reference.tolerance.relative_error`` against the float64 reference.
+- time: one call of the step, the device synchronised inside it (pytest-benchmark's median and
+  its 20th and 80th percentiles), and on a GPU also triton.testing.do_bench's (CUDA events, L2
+  flushed between calls);
+- bandwidth: ``lossbench.bench.cases.bytes_moved`` over that time, and its fraction of the
+  device-to-device copy bandwidth measured in the same session (``copy_bandwidth``);
+- memory: the peak allocated during one step beyond what was allocated before it (the inputs).
 """
 
 from __future__ import annotations

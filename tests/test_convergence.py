@@ -365,7 +365,7 @@ def test_default_results_folder_is_the_repositorys(
 
 
 def test_tiny_run_writes_csv_and_plot(tmp_path) -> None:
-    """`python -m bench convergence` end to end: 2 epochs of 2 steps, every implementation."""
+    """`lossbench convergence` end to end: 2 epochs of 2 steps, every implementation."""
     argv = ["--epochs", "2", "--max-steps", "2", "--results-dir", str(tmp_path)]
     argv += ["--no-progress", "--seed", str(_fresh_seed())]
     assert main(["convergence", *argv]) == 0
