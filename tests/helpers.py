@@ -6,13 +6,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-# The checkout, for tests that run a subprocess in it.
-REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+# The checkout, for tests that run a subprocess in it (one definition, the harness's).
+from lossbench.bench.provenance import REPOSITORY_ROOT
+
+__all__ = [
+    "PROVENANCE",
+    "REPOSITORY_ROOT",
+    "benchmark_case",
+    "loss_and_gradients",
+    "upcast",
+    "upstream_gradient",
+]
 
 
 def upstream_gradient(loss: Tensor) -> Tensor:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .helpers import REPOSITORY_ROOT
+
 TOP_LEVEL_FOLDERS = ("kernels", "reference", "bench")
 
 
@@ -88,7 +90,7 @@ def test_pytest_imports_no_file_of_the_checkout_twice(tmp_path: Path) -> None:
     """`pytest bench/` and `pytest` collect modules of lossbench.bench and tests/: each file must
     be one module, not a second copy under a name pytest derives from its folder."""
     (tmp_path / "double_import_check.py").write_text(DOUBLE_IMPORT_PLUGIN)
-    repository = Path(__file__).resolve().parent.parent
+    repository = REPOSITORY_ROOT
     for target in ("bench/", "tests/"):
         completed = subprocess.run(
             [sys.executable, "-m", "pytest", target, "--collect-only", "-q", *PLUGINS],
