@@ -1,4 +1,5 @@
-"""What every test file needs: gradients of a loss, upstream gradients, float64 upcasts.
+"""What every test file needs: gradients of a loss, upstream gradients, float64 upcasts, and
+the comparison of a loss and its gradients with a float64 oracle.
 
 (The nan-poisoned allocations are the ``poisoned_allocations`` fixture of tests/conftest.py.)
 """
@@ -12,10 +13,12 @@ from torch import Tensor
 
 # The checkout, for tests that run a subprocess in it (one definition, the harness's).
 from lossbench.bench.provenance import REPOSITORY_ROOT
+from lossbench.reference.tolerance import assert_close
 
 __all__ = [
     "PROVENANCE",
     "REPOSITORY_ROOT",
+    "assert_matches_float64",
     "benchmark_case",
     "loss_and_gradients",
     "upcast",
@@ -63,6 +66,45 @@ def upcast(options: Mapping[str, object]) -> dict[str, object]:
         name: value.double() if isinstance(value, Tensor) and value.is_floating_point() else value
         for name, value in options.items()
     }
+
+
+def assert_matches_float64(
+    function: Callable[..., Tensor],
+    oracle: Callable[..., Tensor],
+    input: Tensor,
+    target: Tensor,
+    *,
+    dtype: torch.dtype | None = None,
+    target_grad: bool = False,
+    upstream: Tensor | None = None,
+    **options: object,
+) -> Tensor:
+    """``function(input, target, **options)`` against ``oracle`` on the same values in float64.
+
+    Compares the loss, the gradient w.r.t. ``input`` and, with ``target_grad``, w.r.t. ``target``
+    by ``reference.tolerance.assert_close`` for ``dtype`` (``input``'s by default), both checks.
+    A floating ``target`` and floating tensors in ``options`` are upcast for the oracle; class
+    indices are passed as they are. ``upstream`` None draws one (:func:`upstream_gradient`).
+    Returns ``function``'s loss.
+    """
+    dtype = input.dtype if dtype is None else dtype
+    loss, input_grad, target_grad_value, upstream = loss_and_gradients(
+        function, input, target, upstream, target_grad=target_grad, **options
+    )
+    expected_target = target.double() if target.is_floating_point() else target
+    expected, expected_input_grad, expected_target_grad, _ = loss_and_gradients(
+        oracle,
+        input.double(),
+        expected_target,
+        upstream.double(),
+        target_grad=target_grad,
+        **upcast(options),
+    )
+    assert_close(loss, expected, dtype, "loss")
+    assert_close(input_grad, expected_input_grad, dtype, "input gradient")
+    if target_grad:
+        assert_close(target_grad_value, expected_target_grad, dtype, "target gradient")
+    return loss
 
 
 # --- Results files ----------------------------------------------------------------------------
