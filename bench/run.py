@@ -117,6 +117,7 @@ def _measure(case: Case, session: BenchSession, benchmark) -> Outcome:
     outcome.metrics += [
         ("loss_rel_error", agreement.loss_error),
         ("grad_rel_error", agreement.grad_error),
+        ("grad_elementwise_error", agreement.grad_elementwise_error),
         ("tolerance", agreement.tolerance),
         ("agreement", int(agreement.passed)),
         ("agreement_batch", len(logits)),
@@ -206,6 +207,7 @@ def _progress_line(session: BenchSession, case: Case, outcome: Outcome) -> str:
         errors = f"loss err {values['loss_rel_error']:.1g}"
         if values.get("grad_rel_error") is not None:
             errors += f", grad err {values['grad_rel_error']:.1g}"
+            errors += f" (elementwise {values['grad_elementwise_error']:.1g} x allowed)"
         errors += f" on {values['agreement_batch']} rows"
     if outcome.skip:
         return f"{prefix} skipped ({outcome.skip})" + (f", agrees ({errors})" if errors else "")

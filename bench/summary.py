@@ -166,6 +166,7 @@ def _agreement_section(wide) -> list[str]:
         failed = group[group["agreement"] < 1]
         worst_loss = group["loss_rel_error"].max()
         worst_grad = group["grad_rel_error"].max()
+        worst_elementwise = group["grad_elementwise_error"].max()
         rows.append(
             [
                 loss,
@@ -174,18 +175,27 @@ def _agreement_section(wide) -> list[str]:
                 str(len(group)),
                 f"{worst_loss:.2g}",
                 "-" if math.isnan(worst_grad) else f"{worst_grad:.2g}",
+                "-" if math.isnan(worst_elementwise) else f"{worst_elementwise:.2g}",
             ]
         )
     header = ["loss", "impl", "verdict", "cases", "worst loss error", "worst gradient error"]
-    lines += [markdown_table(header, rows), ""]
+    lines += [markdown_table([*header, "worst gradient entry (x allowed)"], rows), ""]
+    lines += [
+        "Errors are normwise, max|error| / max|expected|, within the dtype's tolerance; the "
+        "gradient's worst entry is its error over what the dtype allows that entry "
+        "(rtol x |expected| + atol x max|expected|, and two subnormal spacings; "
+        "reference/tolerance.py), at most 1.",
+        "",
+    ]
     failures = checked[checked["agreement"] < 1]
     if not failures.empty:
-        lines += ["Disagreeing cases (relative error, tolerance):", ""]
+        lines += ["Disagreeing cases (relative errors, tolerance; gradient's worst entry):", ""]
         for _, row in failures.iterrows():
             lines.append(
                 f"- {row['loss']} {row['impl']} {row['dtype']} {_shape(row)} {row['pass']}: "
                 f"loss {row['loss_rel_error']:.3g}, gradient {row['grad_rel_error']:.3g}, "
-                f"tolerance {row['tolerance']:g}"
+                f"tolerance {row['tolerance']:g}; worst entry "
+                f"{row['grad_elementwise_error']:.3g} x allowed"
             )
         lines.append("")
     return lines

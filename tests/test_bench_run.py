@@ -51,6 +51,32 @@ def test_agreement_passes_torch_and_catches_a_wrong_gradient(
     assert not wrong.passed and wrong.grad_error > 0.01
 
 
+def test_agreement_catches_a_wrong_small_gradient_entry_in_bf16() -> None:
+    """A gradient right but for one off-target entry 100x below its row's largest, doubled: the
+    normwise errors pass the bf16 tolerance, the elementwise check fails the case."""
+    spec = LOSSES["cross_entropy"]
+    logits = torch.randn(40, 7).to(torch.bfloat16)
+    target = torch.randint(0, 7, (40,))
+    # Row 0: p = 0.5 at its target, 0.0049 at class 2, ~0 elsewhere.
+    logits[0] = torch.tensor([0.5, 0.4951, 0.0049, *[1e-13] * 4]).log()
+    target[0] = 0
+    logits, loss, grad = _loss_and_grad(functional.cross_entropy, logits.double(), target)
+    assert grad[0, 2] == pytest.approx(-grad[0, 0] / 100, rel=0.05)
+    wrong = grad.clone()
+    wrong[0, 2] *= 2
+    checked = agreement.check_agreement(
+        spec, torch.bfloat16, logits, target, loss.bfloat16(), wrong.bfloat16()
+    )
+    assert checked.loss_error <= tolerance(torch.bfloat16)
+    assert checked.grad_error <= tolerance(torch.bfloat16)
+    assert checked.grad_elementwise_error > 1 and not checked.passed
+    assert "elementwise" in checked.describe()
+    right = agreement.check_agreement(
+        spec, torch.bfloat16, logits, target, loss.bfloat16(), grad.bfloat16()
+    )
+    assert right.passed and right.grad_elementwise_error <= 1
+
+
 class _FakeBenchmark:
     """Stands in for pytest-benchmark's fixture: a case that disagrees must never be timed."""
 
