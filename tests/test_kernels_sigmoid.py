@@ -433,6 +433,31 @@ def test_tiny_losses_are_accurate_in_fp32(focal: bool, band: tuple[float, float]
         )
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("gamma", [0.5, 2.7])
+def test_focal_fractional_gamma_where_one_minus_p_t_is_subnormal(
+    gamma: float, reduction: str
+) -> None:
+    """Confidently right logits with 88 < |x| < 103: 1 - p_t = sigma(-|x|) is a subnormal fp32
+    number, whose reciprocal overflows. Their loss and gradients are about e^-(1 + gamma)|x|, 0
+    or subnormal in fp32, and must come out so, not inf or nan. A few ordinary logits beside them
+    give the tensors a representable scale."""
+    magnitude = 88.0 + 15.0 * torch.rand(2, 200, device=DEVICE)
+    # Row 0: x > 0 with t = 1; row 1: x < 0 with t = 0.
+    input = torch.stack([magnitude[0], -magnitude[1]])
+    input[:, :10] = 2 * torch.randn(2, 10, device=DEVICE)
+    target = torch.stack([torch.ones(200, device=DEVICE), torch.zeros(200, device=DEVICE)])
+    assert_matches_reference(
+        sigmoid_focal_loss,
+        reference.sigmoid_focal_loss,
+        input,
+        target,
+        target_grad=True,
+        reduction=reduction,
+        gamma=gamma,
+    )
+
+
 # Properties ----------------------------------------------------------------------------------
 
 
