@@ -166,6 +166,8 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     z_loss_scale: float = 0.0,
+    process_group: torch.distributed.ProcessGroup | None = None,
+    class_offset: int | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of logits ``input`` against ``target``; mirrors ``F.cross_entropy``.
 
@@ -183,6 +185,11 @@ def cross_entropy(
             non-ignored sample (class-index targets only), unweighted, and under 'mean' divided
             by the count of non-ignored targets, as Liger-Kernel does; the oracle of
             ``kernels.cross_entropy``'s option of that name. 0 leaves torch's loss.
+        process_group: None, or the group over whose ranks the classes are split: ``input`` is
+            then this rank's slice, ``target`` and ``weight`` are global, and every rank returns
+            the loss of all the classes (reference.vocab_parallel, two all-reduces of O(N)).
+        class_offset: with ``process_group``, this rank's first class; None works it out
+            (reference.vocab_parallel.class_slices: one all-gather and a host sync per call).
 
     Keyword-only after ``weight``: torch's fourth positional argument is the deprecated
     ``size_average``, so positional calls could not mean the same thing here and there.
@@ -198,6 +205,20 @@ def cross_entropy(
         TypeError: non-floating input, weight or probability target; non-integer index target;
             weight of another dtype than input.
     """
+    if process_group is not None:
+        from lossbench.reference import vocab_parallel
+
+        return vocab_parallel.cross_entropy(
+            input,
+            target,
+            weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss_scale=z_loss_scale,
+            process_group=process_group,
+            class_offset=class_offset,
+        )
     check_floating("input", input)
     class_dim = class_dim_of(input)
     check_reduction(reduction)
@@ -261,6 +282,9 @@ def softmax_focal_loss(
     gamma: float = 2.0,
     ignore_index: int = -100,
     reduction: str = "mean",
+    *,
+    process_group: torch.distributed.ProcessGroup | None = None,
+    class_offset: int | None = None,
 ) -> torch.Tensor:
     """Multi-class focal loss ``-alpha_y (1 - p_y)^gamma log p_y`` with p = softmax(input).
 
@@ -274,6 +298,8 @@ def softmax_focal_loss(
         reduction: 'none' (per-sample, target's shape), 'sum', or 'mean' = sum / the number of
             non-ignored targets (alpha does not enter the denominator; nan if every target is
             ignored).
+        process_group, class_offset: classes split over the group's ranks, as
+            :func:`cross_entropy`'s; a tensor ``alpha`` is then the full (C,) vector.
 
     1 - p_y is computed as -expm1(log p_y), so it keeps its precision when p_y is close to 1.
     Where p_y rounds to exactly 1 the loss is 0 with a zero gradient, for every gamma >= 0.
@@ -286,6 +312,19 @@ def softmax_focal_loss(
         TypeError: non-floating input or alpha tensor, alpha tensor of another dtype than input,
             non-integer target.
     """
+    if process_group is not None:
+        from lossbench.reference import vocab_parallel
+
+        return vocab_parallel.softmax_focal_loss(
+            input,
+            target,
+            alpha,
+            gamma,
+            ignore_index,
+            reduction,
+            process_group=process_group,
+            class_offset=class_offset,
+        )
     check_floating("input", input)
     check_reduction(reduction)
     if gamma < 0:
