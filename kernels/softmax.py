@@ -808,6 +808,8 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     z_loss_scale: float = 0.0,
     inplace_backward: bool = False,
+    process_group: torch.distributed.ProcessGroup | None = None,
+    class_offset: int | None = None,
 ) -> torch.Tensor:
     """Fused softmax cross-entropy; the results and gradients of ``F.cross_entropy``.
 
@@ -832,6 +834,12 @@ def cross_entropy(
             Anything else that saved them, or reads them afterwards, sees the gradient; autograd
             raises for what it saved (the version counter is bumped). Needs contiguous logits
             that are not a leaf requiring grad, and allows one backward only.
+        process_group: None, or the group over whose ranks the classes are split (vocabulary
+            parallelism): ``input`` is this rank's slice, ``target`` and ``weight`` are global,
+            every rank returns the loss of all classes and gets its slice of the gradient, with
+            two all-reduces of O(N) in forward and none in backward (kernels.vocab_parallel).
+        class_offset: with ``process_group``, this rank's first class; None works it out with
+            one all-gather and a host sync per call (reference.vocab_parallel.class_slices).
 
     Returns:
         the loss in ``input``'s dtype: a scalar for 'mean' and 'sum', per-row losses for 'none'.
@@ -847,6 +855,21 @@ def cross_entropy(
             device, labels out of range (CPU), inplace_backward on unsuitable logits.
         TypeError: logits not fp32/fp16/bf16, non-integer index target, weight of another dtype.
     """
+    if process_group is not None:
+        from lossbench.kernels import vocab_parallel
+
+        return vocab_parallel.cross_entropy(
+            input,
+            target,
+            weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss_scale=z_loss_scale,
+            inplace_backward=inplace_backward,
+            process_group=process_group,
+            class_offset=class_offset,
+        )
     if target.shape == input.shape:
         if z_loss_scale != 0.0 or inplace_backward:
             raise ValueError(
@@ -888,6 +911,9 @@ def softmax_focal_loss(
     gamma: float = 2.0,
     ignore_index: int = -100,
     reduction: str = "mean",
+    *,
+    process_group: torch.distributed.ProcessGroup | None = None,
+    class_offset: int | None = None,
 ) -> torch.Tensor:
     """Fused multi-class focal loss ``-alpha_y (1 - p_y)^gamma log p_y``, p = softmax(input).
 
@@ -901,6 +927,8 @@ def softmax_focal_loss(
         ignore_index: targets equal to it add 0 and are not counted by 'mean'.
         reduction: 'none' (per-row, the target's shape), 'sum', or 'mean' = sum / the count of
             non-ignored targets (alpha does not enter it; nan if none).
+        process_group, class_offset: classes split over the group's ranks, as
+            :func:`cross_entropy`'s; a tensor ``alpha`` is then the full (C,) vector.
 
     1 - p_y is computed as -expm1(log p_y), exact near p_y = 1; the gradient is derived and
     written out in ``_row_terms`` and has no (1 - p)^(gamma - 1), so gamma < 1 gives 0, not nan,
@@ -911,6 +939,19 @@ def softmax_focal_loss(
             mismatched shapes, tensors off the kernels' device, labels out of range (CPU).
         TypeError: logits not fp32/fp16/bf16, non-integer target, alpha of another dtype.
     """
+    if process_group is not None:
+        from lossbench.kernels import vocab_parallel
+
+        return vocab_parallel.softmax_focal_loss(
+            input,
+            target,
+            alpha,
+            gamma,
+            ignore_index,
+            reduction,
+            process_group=process_group,
+            class_offset=class_offset,
+        )
     alpha_tensor = alpha if isinstance(alpha, torch.Tensor) else None
     _check_logits_and_target(input, target, ignore_index, reduction, alpha=alpha_tensor)
     if not 0.0 <= gamma < math.inf:
