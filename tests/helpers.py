@@ -1,12 +1,13 @@
-"""What every test file needs: gradients of a loss, upstream gradients, float64 upcasts, and
-the comparison of a loss and its gradients with a float64 oracle.
-
-(The nan-poisoned allocations are the ``poisoned_allocations`` fixture of tests/conftest.py.)
+"""What every test file needs: gradients of a loss, upstream gradients, float64 upcasts, the
+comparison of a loss and its gradients with a float64 oracle, and nan-poisoned allocations (the
+``poisoned_allocations`` fixture of tests/conftest.py uses them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from unittest import mock
 
 import torch
 from torch import Tensor
@@ -21,6 +22,7 @@ __all__ = [
     "assert_matches_float64",
     "benchmark_case",
     "loss_and_gradients",
+    "nan_poisoned_allocations",
     "upcast",
     "upstream_gradient",
 ]
@@ -58,6 +60,22 @@ def loss_and_gradients(
         upstream = upstream_gradient(loss)
     gradients = torch.autograd.grad(loss, (input, target) if target_grad else (input,), upstream)
     return loss, gradients[0], gradients[1] if target_grad else None, upstream
+
+
+@contextlib.contextmanager
+def nan_poisoned_allocations() -> Iterator[None]:
+    """Inside, every floating tensor from torch.empty / torch.empty_like starts as nan: an output
+    element a kernel forgets to write then shows as a mismatch."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poisoned(tensor: Tensor) -> Tensor:
+        return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
+
+    with (
+        mock.patch.object(torch, "empty", lambda *a, **k: poisoned(empty(*a, **k))),
+        mock.patch.object(torch, "empty_like", lambda *a, **k: poisoned(empty_like(*a, **k))),
+    ):
+        yield
 
 
 def upcast(options: Mapping[str, object]) -> dict[str, object]:
