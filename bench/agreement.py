@@ -82,13 +82,15 @@ def check_agreement(
     target: torch.Tensor,
     loss: torch.Tensor,
     grad: torch.Tensor | None,
+    columns: slice | None = None,
 ) -> Agreement:
     """Compare ``loss`` (and ``grad``, the logits' gradient of the mean loss) with float64.
 
     The reference runs on the upcast inputs with reduction='sum' over row chunks, divided by the
     mean's denominator: the same mean, in bounded memory. The gradient is compared on
     ``gradient_rows``: the reference gradient of those rows' sum over the same denominator is
-    exactly their rows of the mean's gradient.
+    exactly their rows of the mean's gradient. ``columns``: ``grad`` holds only these columns of
+    the logits' gradient (a rank's slice of the classes in lossbench.bench.distributed).
     """
     from lossbench.reference.tolerance import elementwise_error, relative_error, tolerance
 
@@ -112,7 +114,8 @@ def check_agreement(
         rows = gradient_rows(batch, classes, logits.device)
         upcast = logits[rows].double().requires_grad_()
         (reference_sum(upcast, _upcast_target(spec, target[rows])) / denominator).backward()
-        grad_error = relative_error(grad[rows], upcast.grad)
-        grad_elementwise_error = elementwise_error(grad[rows], upcast.grad, dtype)
+        expected = upcast.grad if columns is None else upcast.grad[:, columns]
+        grad_error = relative_error(grad[rows], expected)
+        grad_elementwise_error = elementwise_error(grad[rows], expected, dtype)
         checked_rows = len(rows)
     return Agreement(loss_error, grad_error, grad_elementwise_error, tolerance(dtype), checked_rows)

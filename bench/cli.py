@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lossbench.bench.convergence.cli",
         "train the article's digit classifier once per loss implementation",
     ),
+    "distributed": (
+        "lossbench.bench.distributed.cli",
+        "scale the vocabulary-parallel losses out over torch.distributed ranks",
+    ),
 }
 
 

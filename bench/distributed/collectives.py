@@ -66,6 +66,10 @@ class CollectiveRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if any(kind is not torch.Tensor for kind in types):
+            # A tensor subclass (DTensor) runs first and turns the op into plain tensors' ops and
+            # collectives, which come back here, as torch's CommDebugMode does.
+            return NotImplemented
         namespace, name = func.namespace, func._opname
         if namespace in _CONTRIBUTION_ARGUMENT and name not in _NOT_COLLECTIVES:
             position = _CONTRIBUTION_ARGUMENT[namespace].get(name, 0)
@@ -97,3 +101,10 @@ class CollectiveRecorder(TorchDispatchMode):
     @property
     def bytes(self) -> int:
         return sum(collective.bytes for collective in self.collectives)
+
+    def describe(self) -> str:
+        """The collectives in order, with this rank's contribution: 'allreduce 1 KiB, ...'."""
+        return ", ".join(
+            f"{collective.kind} {collective.bytes / 2**10:.3g} KiB"
+            for collective in self.collectives
+        )
