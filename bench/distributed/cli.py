@@ -36,7 +36,7 @@ from lossbench.bench.distributed.results import (
     write_distributed,
 )
 from lossbench.bench.distributed.worker import DistributedConfig
-from lossbench.bench.provenance import bench_device, provenance, results_folder
+from lossbench.bench.provenance import bench_device, machine_load, provenance, results_folder
 from lossbench.bench.results import ResultsFolderError, check_writable
 from lossbench.bench.selection import flatten_names, names_argument, positive_int
 
@@ -145,10 +145,12 @@ def run(arguments: argparse.Namespace) -> int:
         if is_rank_zero:
             check_writable(results_dir)
             note = backend_note(config.backend, config.world_size)
+            load, cpus = machine_load()
             print(
                 f"distributed: {', '.join(config.losses)}, {config.dtype}, world sizes "
                 f"{config.world_sizes()}, strong N = {config.batch} x C = {config.classes}, weak "
-                f"C / p = {config.classes_per_rank}; {note}",
+                f"C / p = {config.classes_per_rank}; {note}; load average {load:.1f} on {cpus} "
+                "CPUs (a loaded machine times noisily)",
                 file=sys.stderr,
                 flush=True,
             )

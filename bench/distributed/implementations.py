@@ -57,12 +57,15 @@ class RankImplementation:
     ``function(local_logits, target)`` returns the loss; ``local_value`` turns it into a plain
     tensor (a DTensor's local value); forward and backward both run inside ``context()`` (torch's
     loss_parallel must be active in both). ``interpreted``: Triton's interpreter, never timed.
+    ``overwrites_logits``: the forward pass writes over its logits (Megatron's does, in fp32), so
+    the benchmark restores them before every timed step, outside the timed region.
     """
 
     name: str
     function: RankLoss
     peer: bool = False
     interpreted: bool = False
+    overwrites_logits: bool = False
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     local_value: Callable[[object], torch.Tensor] = lambda loss: loss
 
@@ -177,7 +180,9 @@ def _megatron(shard: Shard) -> RankImplementation:
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=dist.get_world_size())
 
     def run(local: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        # Megatron takes [..., V/p] logits (class last) and returns the per-token loss.
+        # Megatron takes [..., V/p] logits (class last) and returns the per-token loss; it
+        # subtracts the max and exponentiates in place, in its fp32 copy of the logits, which
+        # for fp32 logits is the logits themselves.
         return vocab_parallel_cross_entropy(local, target).mean()
 
-    return RankImplementation("megatron", run, peer=True)
+    return RankImplementation("megatron", run, peer=True, overwrites_logits=True)

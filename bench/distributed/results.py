@@ -50,6 +50,7 @@ UNITS: dict[str, str] = {
     "skipped": "",
     # Aggregates over the ranks of a case (rank 'all'):
     "time_slowest": "ms",
+    "time_slowest_iqr": "ms",
     "peak_memory_max": "B",
     "efficiency": "fraction",
 }
@@ -68,15 +69,20 @@ def with_aggregates(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     p and T1 the same implementation's at world size 1 of the same run."""
     by_case: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        if row["metric"] in ("time_median", "peak_memory") and row["value"] != "":
+        if row["metric"] in ("time_median", "time_iqr", "peak_memory") and row["value"] != "":
             by_case[tuple(row[c] for c in _CASE)][row["metric"]].append(float(row["value"]))
     aggregates = []
     slowest: dict[tuple, float] = {}
     for case, metrics in by_case.items():
         columns = {**dict(zip(_CASE, case, strict=True)), "rank": "all"}
         if metrics["time_median"]:
-            slowest[case] = max(metrics["time_median"])
+            medians = metrics["time_median"]  # in rank order, as time_iqr
+            slowest_rank = medians.index(max(medians))
+            slowest[case] = medians[slowest_rank]
             aggregates.append({**columns, "metric": "time_slowest", "value": slowest[case]})
+            if len(metrics["time_iqr"]) == len(medians):
+                spread = metrics["time_iqr"][slowest_rank]
+                aggregates.append({**columns, "metric": "time_slowest_iqr", "value": spread})
         if metrics["peak_memory"]:
             peak = max(metrics["peak_memory"])
             aggregates.append({**columns, "metric": "peak_memory_max", "value": peak})
@@ -119,6 +125,7 @@ def plot_scaling(csv_path: Path, png_path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     frame = load_distributed(csv_path)
     aggregates = frame[frame["rank"] == "all"]
@@ -135,12 +142,15 @@ def plot_scaling(csv_path: Path, png_path: Path) -> Path:
         for column, scaling in enumerate(("strong", "weak")):
             axis = axes[row][column]
             times = group[(group["scaling"] == scaling) & (group["metric"] == "time_slowest")]
+            spreads = group[group["metric"] == "time_slowest_iqr"].set_index(_CASE)["value"]
             for impl, line in times.sort_values("world_size").groupby("impl"):
-                axis.plot(
-                    line["world_size"], line["value"], marker="o", label=impl, color=colour[impl]
-                )
+                spread = spreads.reindex(pd.MultiIndex.from_frame(line[_CASE])).to_numpy()
+                axis.errorbar(
+                    line["world_size"], line["value"], yerr=spread / 2, marker="o", capsize=3,
+                    label=impl, color=colour[impl],
+                )  # fmt: skip
             axis.set_title(f"{loss}, {pass_}\n{scaling} scaling: {_shape_words(group, scaling)}")
-            axis.set_ylabel("slowest rank's median time (ms, log scale)")
+            axis.set_ylabel("slowest rank's median time, bars: its IQR (ms, log scale)")
             axis.set_yscale("log")
         axis = axes[row][2]
         efficiency = group[group["metric"] == "efficiency"]

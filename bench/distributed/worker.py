@@ -67,8 +67,8 @@ class DistributedConfig:
     classes_per_rank: int  # V of weak scaling: C = p V
     passes: tuple[str, ...] = PASSES
     timing_budget_s: float = 0.2
-    min_rounds: int = 5
-    max_rounds: int = 50
+    min_rounds: int = 10
+    max_rounds: int = 100
     seed: int = 0
 
     def world_sizes(self) -> list[int]:
@@ -318,23 +318,32 @@ def measure_case(
     local = local_full[:, columns].contiguous()
     del local_full
     local.requires_grad_(case.pass_ == "forward_backward")
+    saved = local.detach().clone() if implementation.overwrites_logits else None
+
+    def setup() -> None:
+        """Before each step, outside the timed region: a fresh gradient, as zero_grad() leaves
+        it, and the logits restored for an implementation that overwrites them."""
+        local.grad = None
+        if saved is not None:
+            with torch.no_grad():
+                local.copy_(saved)
 
     def step() -> None:
-        local.grad = None
         _run_once(implementation, local, target, case.pass_)
         synchronize(device)
 
+    setup()
     step()  # warm-up: compilation, caches
-    local.grad = None
+    setup()
     metrics.append(("peak_memory", peak_memory(step, device)))
-    local.grad = None
+    setup()
     with CollectiveRecorder() as recorder:
         step()
     metrics += [
         ("collectives", recorder.count, recorder.describe()),
         ("collective_bytes", recorder.bytes),
     ]
-    times = _time_rounds(config, step, group, device)
+    times = _time_rounds(config, setup, step, group, device)
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     metrics += [
         ("time_median", statistics.median(times) * 1e3),
@@ -346,20 +355,28 @@ def measure_case(
 
 def _time_rounds(
     config: DistributedConfig,
+    setup: Callable[[], None],
     step: Callable[[], None],
     group: dist.ProcessGroup,
     device: torch.device,
 ) -> list[float]:
     """Seconds of each round of ``step``; every rank of ``group`` runs the same rounds, each
-    started together (barrier, then a device synchronisation, outside the timed region)."""
-    first = _round(step, group, device)
+    after ``setup`` and started together (a barrier, then a device synchronisation), all three
+    outside the timed region."""
+    first = _round(setup, step, group, device)
     slowest = _agreed_max(first, group, device)
     wanted = math.ceil(config.timing_budget_s / max(slowest, 1e-9))
     rounds = max(config.min_rounds, min(config.max_rounds, wanted))
-    return [_round(step, group, device) for _ in range(rounds)]
+    return [_round(setup, step, group, device) for _ in range(rounds)]
 
 
-def _round(step: Callable[[], None], group: dist.ProcessGroup, device: torch.device) -> float:
+def _round(
+    setup: Callable[[], None],
+    step: Callable[[], None],
+    group: dist.ProcessGroup,
+    device: torch.device,
+) -> float:
+    setup()
     dist.barrier(group=group)
     synchronize(device)
     start = time.perf_counter()
