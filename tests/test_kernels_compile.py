@@ -92,6 +92,33 @@ def _sigmoid_case(
     return run
 
 
+def _vocab_parallel_case(
+    n_classes: int, dtype: torch.dtype, reduction: str, focal: bool, **options: float
+) -> Callable[[], None]:
+    """Forward and backward of a vocabulary-parallel loss on rank 0's (16, n_classes) slice of
+    two, in a fake process group: its collectives do nothing, the launches compile."""
+
+    def run() -> None:
+        import torch.distributed as dist
+        from torch.testing._internal.distributed.fake_pg import FakeStore
+
+        from lossbench.kernels.softmax import cross_entropy, softmax_focal_loss
+
+        if not dist.is_initialized():
+            dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+        logits = torch.randn(16, n_classes, dtype=dtype, requires_grad=True)
+        target = torch.randint(0, 2 * n_classes, (16,))
+        weight = torch.rand(2 * n_classes, dtype=dtype)
+        group = {"process_group": dist.group.WORLD, "class_offset": 0}
+        if focal:
+            loss = softmax_focal_loss(logits, target, weight, reduction=reduction, **group)
+        else:
+            loss = cross_entropy(logits, target, weight, reduction=reduction, **group, **options)
+        loss.backward(torch.full_like(loss, 2.0))
+
+    return run
+
+
 # Sizes pick the launcher's paths: 1024 x 10 stacks 256 rows per program; 16384 classes is the
 # longest row held in registers (32 warps, at the 64-register limit with every option on);
 # 32000 (a language model's vocabulary) runs the chunked online softmax; (2, 19, 8, 8) is
@@ -138,6 +165,15 @@ CASES: dict[str, Callable[[], None]] = {
     "sigmoid focal gamma=1.5 sum, uint8 target, bf16": _sigmoid_case(
         torch.bfloat16, torch.uint8, "sum", focal=True, gamma=1.5
     ),
+    # Vocabulary-parallel (kernels/vocab_parallel.py): a slice held in registers, a chunked one.
+    "vocab-parallel CE weight+smoothing+z-loss mean, 16384-class slice, bf16": (
+        _vocab_parallel_case(
+            16384, torch.bfloat16, "mean", focal=False, label_smoothing=0.1, z_loss_scale=1e-4
+        )
+    ),
+    "vocab-parallel focal none forward and backward, chunked 32000-class slice, bf16": (
+        _vocab_parallel_case(32000, torch.bfloat16, "none", focal=True)
+    ),
 }
 
 
@@ -172,11 +208,11 @@ def _compile_every_launch() -> dict[str, object]:
     triton.runtime.driver.set_active(OfflineDriver())
 
     from lossbench import kernels
-    from lossbench.kernels import _common, sigmoid, softmax  # noqa: F401  (kernels.<module> below)
+    from lossbench.kernels import _common, sigmoid, softmax, vocab_parallel  # noqa: F401
 
     # The tensors live on the CPU while the launchers expect CUDA: skip the device check, and
     # give the persistent grid of _scale_unless_one_kernel an H200's 132 SMs.
-    for module in (kernels.softmax, kernels.sigmoid, kernels._common):
+    for module in (kernels.softmax, kernels.sigmoid, kernels._common, kernels.vocab_parallel):
         module.check_kernel_device = lambda **tensors: None
     kernels._common.multiprocessor_count = lambda device: 132
 
@@ -189,6 +225,9 @@ def _compile_every_launch() -> dict[str, object]:
         kernels.softmax._softmax_loss_kernel,
         kernels.sigmoid._sigmoid_loss_kernel,
         kernels._common._scale_unless_one_kernel,
+        kernels.vocab_parallel._shard_statistics_kernel,
+        kernels.vocab_parallel._shares_kernel,
+        kernels.vocab_parallel._shard_loss_kernel,
     )
     for kernel in kernel_functions:
         launch = kernel.run
@@ -253,6 +292,9 @@ def test_kernels_compile_for_sm90_and_fit_in_registers(tmp_path: Path) -> None:
         "_softmax_loss_kernel",
         "_sigmoid_loss_kernel",
         "_scale_unless_one_kernel",
+        "_shard_statistics_kernel",
+        "_shares_kernel",
+        "_shard_loss_kernel",
     }
     for launch in launches:
         assert launch["registers"] is not None, (
