@@ -30,8 +30,10 @@ gradient, from the O(R) global statistics saved by forward. Backward communicate
 
 Compared to the single-device kernel, forward+backward reads the logits twice (steps 1 and 5),
 not once: the gradient needs the global statistics, which arrive after the collectives, so the
-slice cannot stay on chip in between (Megatron, torch's loss_parallel and Liger read theirs at
-least as often). No host synchronisation; memory beyond the gradient: 6R + 1 fp32 at most.
+slice cannot stay on chip in between (Megatron's and torch's loss_parallel, written as several
+elementwise passes, read theirs more often). No host synchronisation. Memory beyond the gradient:
+at most 9R + 1 fp32 values at once (while the statistics are formed; 5R + 1 of them, the global
+statistics, are kept for a 'none' backward).
 """
 
 from __future__ import annotations
@@ -415,8 +417,9 @@ def _global_statistics(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Steps 1-4: each row's global max (R,) and the all-reduced shares (K*R + 1,), both fp32.
 
-    # I/O: read R*V*b logits + R targets (+ R*b true-class logits), write and read 4R + 3R fp32
-    # statistics (5R with label smoothing); collectives: MAX of R fp32, SUM of 3R + 1 (4R + 1).
+    # I/O: step 1 reads R*V*b logits, R targets and R*b true-class logits, writes 4R fp32;
+    # step 3 reads 4R fp32 (5R with label smoothing), writes 3R + 1 (4R + 1).
+    # Collectives: MAX of R fp32, then SUM of 3R + 1 fp32 (4R + 1 with label smoothing).
     """
     n_samples, n_classes, n_spatial = logits.shape
     n_rows = n_samples * n_spatial
@@ -488,8 +491,9 @@ def _launch_loss(
 ) -> None:
     """Step 5: ``_shard_loss_kernel`` over the rows of ``logits`` (N, V, S), ``target`` (N, S).
 
-    # I/O: read R targets, 2R + ... fp32 statistics; write R losses (forward). With the gradient:
-    # read R*V*b logits once more and write R*V*b gradient ('none' backward: + R upstream).
+    # I/O: read R targets, 4R + 1 fp32 statistics (5R + 1 with label smoothing) and, with a
+    # weight, R weights; write R losses (forward). With the gradient: read the R*V*b logits once
+    # more and write R*V*b gradient ('none' backward: + R upstream gradients, no loss).
     """
     n_samples, n_classes, n_spatial = logits.shape
     n_rows = n_samples * n_spatial
