@@ -350,6 +350,68 @@ def check_all_ignored_mean_is_nan(me: Rank) -> None:
     compare(me, "cross_entropy", torch.randn(N_ROWS, sum(sizes)), target, sizes)
 
 
+@check
+def check_inplace_backward(me: Rank) -> None:
+    # The gradient slice written over this rank's logits: during forward ('mean'), in backward
+    # ('none'); the logits are a layer's output, not a leaf.
+    sizes = me.sizes()
+    full = torch.randn(N_ROWS, sum(sizes)) * 2
+    target = _targets(sum(sizes), ignored=True)
+    local, offset = _slice(full, sizes, me.rank)
+    for reduction in ("mean", "none"):
+        expected, expected_grad, _, upstream = loss_and_gradients(
+            reference.cross_entropy, full.double(), target, reduction=reduction,
+            label_smoothing=0.1,
+        )  # fmt: skip
+        leaf = local.clone().requires_grad_()
+        logits = leaf * 1.0
+        loss = fused.cross_entropy(
+            logits, target, reduction=reduction, label_smoothing=0.1, inplace_backward=True,
+            process_group=me.group, class_offset=offset,
+        )  # fmt: skip
+        loss.backward(upstream.float())
+        expected_slice = expected_grad.narrow(1, offset, sizes[me.rank])
+        assert_close(loss, expected, torch.float32, f"inplace {reduction} loss")
+        assert_close(leaf.grad, expected_slice, torch.float32, f"inplace {reduction} gradient")
+        assert_close(logits.detach(), expected_slice, torch.float32, f"{reduction}: over logits")
+
+
+@check
+def check_no_grad_writes_no_gradient(me: Rank) -> None:
+    sizes = me.sizes()
+    full = torch.randn(N_ROWS, sum(sizes))
+    target = _targets(sum(sizes))
+    local, offset = _slice(full, sizes, me.rank)
+    logits = local.clone().requires_grad_()
+    with torch.no_grad():
+        loss = fused.cross_entropy(
+            logits * 1.0, target, inplace_backward=True, process_group=me.group,
+            class_offset=offset,
+        )  # fmt: skip
+    assert_close(loss, reference.cross_entropy(full.double(), target), torch.float32, "no_grad")
+    assert torch.equal(logits.detach(), local), "the logits changed under no_grad"
+
+
+@check
+def check_empty_batch(me: Rank) -> None:
+    # N = 0: the collectives carry only C; 'mean' over nothing is nan, as torch's.
+    sizes = me.sizes()
+    target = torch.zeros(0, dtype=torch.long)
+    offset = sum(sizes[: me.rank])
+    dtypes = (torch.float64, torch.float32)
+    for function, dtype in zip(FUNCTIONS["cross_entropy"], dtypes, strict=True):
+        local = torch.randn(0, sizes[me.rank], dtype=dtype)
+        for reduction, holds in (
+            ("mean", lambda loss: bool(loss.isnan())),
+            ("sum", lambda loss: float(loss) == 0.0),
+            ("none", lambda loss: loss.shape == (0,)),
+        ):
+            loss = function(
+                local, target, reduction=reduction, process_group=me.group, class_offset=offset
+            )
+            assert holds(loss), f"{function.__module__} {reduction} over no rows: {loss}"
+
+
 # --- Communication -------------------------------------------------------------------------------
 
 
