@@ -139,7 +139,10 @@ def _loss_parallel(shard: Shard) -> RankImplementation:
         raise UnavailableError(f"torch's loss_parallel cannot be imported: {error}") from error
     if shard.size * dist.get_world_size(shard.group) != shard.n_classes:
         raise UnavailableError("loss_parallel runs on even slices only (DTensor's Shard(1))")
-    mesh = DeviceMesh.from_group(shard.group, shard.device.type)
+    try:
+        mesh = DeviceMesh.from_group(shard.group, shard.device.type)
+    except Exception as error:  # a backend DTensor cannot use: the peer skips, with why
+        raise UnavailableError(f"no DeviceMesh on this group: {error}") from error
 
     def run(local: torch.Tensor, target: torch.Tensor) -> object:
         logits = DTensor.from_local(
@@ -161,6 +164,10 @@ def _local_value(loss) -> torch.Tensor:
 # --- megatron-core ------------------------------------------------------------------------------
 
 
+# The default group megatron-core's global parallel_state was last set up on.
+_MEGATRON_WORLD: dict[str, object] = {}
+
+
 def _megatron(shard: Shard) -> RankImplementation:
     try:
         from megatron.core import parallel_state
@@ -176,8 +183,19 @@ def _megatron(shard: Shard) -> RankImplementation:
             "megatron-core takes its tensor-parallel group from its global parallel_state: "
             "measured only at the launch's full world size"
         )
-    if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(tensor_model_parallel_size=dist.get_world_size())
+    # Its parallel_state outlives a process group: set it up again on each new default group
+    # (the fake-group mode makes one per world size).
+    if _MEGATRON_WORLD.get("group") is not dist.group.WORLD:
+        try:
+            if parallel_state.model_parallel_is_initialized():
+                parallel_state.destroy_model_parallel()
+            parallel_state.initialize_model_parallel(
+                tensor_model_parallel_size=dist.get_world_size()
+            )
+        except Exception as error:  # a backend or device it cannot set up: skip, with why
+            reason = f"megatron-core's initialize_model_parallel failed: {error}"
+            raise UnavailableError(reason) from error
+        _MEGATRON_WORLD["group"] = dist.group.WORLD
 
     def run(local: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # Megatron takes [..., V/p] logits (class last) and returns the per-token loss; it
