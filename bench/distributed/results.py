@@ -44,6 +44,7 @@ UNITS: dict[str, str] = {
     "collective_bytes": "B",
     "loss_rel_error": "relative",
     "grad_rel_error": "relative",
+    "grad_elementwise_error": "x allowance",
     "tolerance": "relative",
     "agreement": "1=pass",
     "agreement_batch": "rows",

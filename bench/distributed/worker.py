@@ -323,6 +323,11 @@ def measure_case(
     metrics += [
         ("loss_rel_error", agreement.loss_error, note),
         ("grad_rel_error", "" if agreement.grad_error is None else agreement.grad_error, note),
+        (
+            "grad_elementwise_error",
+            "" if agreement.grad_elementwise_error is None else agreement.grad_elementwise_error,
+            note,
+        ),
         ("tolerance", agreement.tolerance),
         ("agreement", int(passed)),
         ("agreement_batch", rows),
