@@ -41,7 +41,7 @@ from lossbench.bench.results import ResultsFolderError, check_writable
 from lossbench.bench.selection import flatten_names, names_argument, positive_int
 
 # Shapes by where the run happens. CPU: fp32, small enough that P = 4 gloo ranks on 2 cores finish
-# in a few minutes (a run took 1 min 38 s to 1 min 54 s there, five runs on 2026-12-02 with other
+# in a few minutes (a run took 1 min 10 s to 1 min 54 s there, six runs on 2026-12-02 with other
 # jobs on the cores, load average 4 to 7). GPU (a choice, not yet measured): bf16 at the
 # lm_head shapes of the issue, 8192 tokens and a 131072-class vocabulary (2 GiB of logits).
 DEFAULTS = {
