@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .helpers import REPOSITORY_ROOT
 
 TOP_LEVEL_FOLDERS = ("kernels", "reference", "bench")
@@ -108,3 +110,18 @@ def test_pytest_imports_no_file_of_the_checkout_twice(tmp_path: Path) -> None:
         )
         assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
         assert "IMPORTED TWICE" not in completed.stdout, completed.stdout
+
+
+def test_every_package_folder_is_installed() -> None:
+    """A non-editable install copies only the packages pyproject.toml lists: a subpackage left
+    out of the list would work from the checkout and be missing from a wheel."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    settings = tomllib.loads((REPOSITORY_ROOT / "pyproject.toml").read_text())["tool"]
+    folders = settings["setuptools"]["package-dir"]
+    listed = set(settings["setuptools"]["packages"])
+    on_disk = {
+        ".".join([name, *init.parent.relative_to(REPOSITORY_ROOT / folder).parts])
+        for name, folder in folders.items()
+        for init in (REPOSITORY_ROOT / folder).rglob("__init__.py")
+    }
+    assert listed == on_disk
