@@ -80,8 +80,8 @@ from lossbench.reference import sigmoid as reference_sigmoid
 from lossbench.reference._checks import (
     check_broadcasts_to,
     check_floating,
+    check_focal_options,
     check_reduction,
-    check_sigmoid_focal_options,
 )
 
 # Elements per program. num_warps=8 gives 256 threads x 8 elements: one 16-byte load per thread
@@ -599,6 +599,7 @@ def binary_cross_entropy_with_logits(
     input: Tensor,
     target: Tensor,
     weight: Tensor | None = None,
+    *,
     reduction: str = "mean",
     pos_weight: Tensor | None = None,
 ) -> Tensor:
@@ -642,7 +643,7 @@ def sigmoid_focal_loss(
         ``inputs``' dtype otherwise.
     """
     _check_arguments(inputs, targets, None, None, reduction, "inputs", "targets")
-    check_sigmoid_focal_options(alpha, gamma)
+    check_focal_options(alpha, gamma, negative_alpha_means_none=True)
     loss_dtype = torch.result_type(inputs, targets) if targets.is_floating_point() else inputs.dtype
     return _sigmoid_loss(inputs, targets, None, None, reduction, True, alpha, gamma, loss_dtype)
 

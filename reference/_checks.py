@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -17,6 +20,17 @@ def check_floating(name: str, tensor: torch.Tensor) -> None:
     """Raise ``TypeError`` unless ``tensor`` has a floating-point dtype."""
     if not torch.is_floating_point(tensor):
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> None:
+    """Raise ``ValueError`` unless every tensor given lives on one device, naming each.
+
+    ``None`` entries (absent optional arguments) are ignored.
+    """
+    devices = {name: tensor.device for name, tensor in tensors.items() if tensor is not None}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{name} on {device}" for name, device in devices.items())
+        raise ValueError(f"all tensors must be on one device, got {listing}")
 
 
 def reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -88,6 +102,19 @@ def check_class_index_target(
     return dim
 
 
+def check_no_ignore_index_for_probabilities(ignore_index: int) -> None:
+    """Raise as torch does for an ``ignore_index`` >= 0 with a target of class probabilities.
+
+    torch accepts a negative one (its default -100 among them) and ignores it: nothing there is
+    an index to compare with.
+    """
+    if ignore_index >= 0:
+        raise ValueError(
+            f"ignore_index is not supported for floating point target (got ignore_index="
+            f"{ignore_index}; a target of input's shape holds class probabilities)"
+        )
+
+
 def check_per_class(name: str, per_class: torch.Tensor, input: torch.Tensor) -> None:
     """Raise unless ``per_class`` is a (C,) tensor of logits ``input``'s floating dtype."""
     n_classes = input.shape[class_dim_of(input)]
@@ -117,9 +144,43 @@ def check_broadcasts_to(name: str, tensor: torch.Tensor, shape: torch.Size) -> N
         )
 
 
-def check_sigmoid_focal_options(alpha: float, gamma: float) -> None:
-    """gamma >= 0; alpha <= 1, a negative alpha meaning no weighting. nan fails both."""
-    if not gamma >= 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
-    if not alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], or negative for no weighting; got {alpha}")
+# --- The focal losses' parameters: one rule for both, at construction and at every call ------
+#
+# gamma, the focusing exponent on (1 - p_t): a finite number >= 0 (nan, inf, negative raise).
+# alpha, the class weight: a finite number in [0, 1] (or, for the softmax loss, a (C,) tensor
+# whose entries lie in [0, 1]). "No weighting" is spelled as each loss's API spells it: None for
+# softmax_focal_loss, any negative number for sigmoid_focal_loss (torchvision's alpha=-1), so a
+# negative alpha raises in the softmax loss only. nan and inf raise in both.
+
+
+def check_focal_options(
+    alpha: float | torch.Tensor | None, gamma: float, *, negative_alpha_means_none: bool
+) -> None:
+    """Raise ``ValueError`` unless ``gamma`` and a number ``alpha`` follow the rule above.
+
+    A tensor ``alpha`` is checked here for nothing but being a tensor: its shape and dtype by
+    ``check_per_class``, its values by ``check_alpha_values`` (which reads them).
+    """
+    if not (isinstance(gamma, numbers.Real) and math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+    if alpha is None or isinstance(alpha, torch.Tensor):
+        return
+    if not (isinstance(alpha, numbers.Real) and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+    if negative_alpha_means_none and alpha < 0:
+        return
+    if not 0 <= alpha <= 1:
+        if negative_alpha_means_none:
+            raise ValueError(f"alpha must be in [0, 1], or negative for no weighting; got {alpha}")
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}; use alpha=None for no weighting")
+
+
+def check_alpha_values(alpha: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless every entry of a per-class ``alpha`` lies in [0, 1] (nan fails).
+
+    This reads the values: on a GPU that is a host synchronisation, which the kernels skip.
+    """
+    if not bool(((alpha >= 0) & (alpha <= 1)).all()):
+        raise ValueError(
+            "alpha must lie in [0, 1] for every class; use alpha=None for no weighting"
+        )

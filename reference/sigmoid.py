@@ -51,10 +51,22 @@ term contributes no gradient, while torch's backward is w (p - y) / max(p (1 - p
 everywhere. Both agree wherever p (1 - p) >= 1e-12. torch has no gradient w.r.t. weight or
 pos_weight; autograd gives the reference one, which nothing here tests against torch.
 
+Arguments after ``weight`` are keyword-only in the binary cross-entropies: torch's fourth
+positional argument is the deprecated ``size_average``, so a positional call written for torch
+fails here instead of binding to another parameter.
+
+Non-finite logits give what torch (torchvision for the focal loss) gives, loss and gradients:
+at x = +inf the loss is +inf where y < 1 and nan where y = 1 (torch's 0 x inf); at x = -inf it is
+nan for every target (torch's -inf + inf). The input gradient stays finite (sigmoid(x) - y,
+weighted) and the target gradient is -x, +-inf. The focal loss's input and target gradients at an
+infinite logit are nan for gamma > 0 (torchvision's autograd multiplies sigmoid's zero
+derivative there by the infinite cross-entropy).
+
 Bad input raises before anything is computed: a non-floating tensor (TypeError), mismatched
-shapes, a weight or pos_weight that does not broadcast to the input, a reduction outside
-{none, mean, sum}, probabilities or targets outside [0, 1] for binary_cross_entropy, gamma < 0
-or alpha > 1 (ValueError).
+shapes, tensors on different devices, a weight or pos_weight that does not broadcast to the
+input, a reduction outside {none, mean, sum}, probabilities or targets outside [0, 1] for
+binary_cross_entropy, a focal gamma or alpha outside ``_checks.check_focal_options``'s rule
+(ValueError).
 """
 
 from __future__ import annotations
@@ -65,8 +77,9 @@ from torch import Tensor, nn
 from lossbench.reference._checks import (
     check_broadcasts_to,
     check_floating,
+    check_focal_options,
     check_reduction,
-    check_sigmoid_focal_options,
+    check_same_device,
     compute_dtype,
     reduce,
 )
@@ -118,7 +131,7 @@ def _softplus(z: Tensor) -> Tensor:
 
 
 def binary_cross_entropy(
-    input: Tensor, target: Tensor, weight: Tensor | None = None, reduction: str = "mean"
+    input: Tensor, target: Tensor, weight: Tensor | None = None, *, reduction: str = "mean"
 ) -> Tensor:
     """Binary cross-entropy of probabilities ``input`` against ``target`` (see the module doc).
 
@@ -131,6 +144,7 @@ def binary_cross_entropy(
     check_reduction(reduction)
     check_floating("input", input)
     check_floating("target", target)
+    check_same_device(input=input, target=target, weight=weight)
     _check_same_shape(input, target)
     if weight is not None:
         _check_broadcasts_to_input("weight", weight, input)
@@ -152,6 +166,7 @@ def binary_cross_entropy_with_logits(
     input: Tensor,
     target: Tensor,
     weight: Tensor | None = None,
+    *,
     reduction: str = "mean",
     pos_weight: Tensor | None = None,
 ) -> Tensor:
@@ -168,6 +183,7 @@ def binary_cross_entropy_with_logits(
     check_reduction(reduction)
     check_floating("input", input)
     check_floating("target", target)
+    check_same_device(input=input, target=target, weight=weight, pos_weight=pos_weight)
     _check_same_shape(input, target)
     if weight is not None:
         _check_broadcasts_to_input("weight", weight, input)
@@ -181,10 +197,21 @@ def binary_cross_entropy_with_logits(
     positive_term = target * _softplus(-logits)
     if pos_weight is not None:
         positive_term = pos_weight.to(logits.dtype) * positive_term
-    loss = positive_term + (1 - target) * _softplus(logits)
+    loss = positive_term + (1 - target) * _softplus(logits) + _nan_at_minus_infinity(logits)
     if weight is not None:
         loss = loss * weight.to(logits.dtype)
     return reduce(loss, reduction).to(result_dtype)
+
+
+def _nan_at_minus_infinity(logits: Tensor) -> Tensor:
+    """A constant (no gradient) that is nan where a logit is -inf and 0 elsewhere.
+
+    torch evaluates the loss as (1 - y) x - pw' log sigmoid(x), which at x = -inf is
+    -inf + inf = nan whatever the target (0 x -inf for y = 1); the softplus form here would give
+    the limit (0, or +inf) instead. Added to the loss, this keeps torch's value and leaves the
+    gradients (finite, as torch's) alone.
+    """
+    return torch.where(logits == -torch.inf, torch.nan, 0.0)
 
 
 def sigmoid_focal_loss(
@@ -208,8 +235,9 @@ def sigmoid_focal_loss(
     check_reduction(reduction)
     check_floating("inputs", inputs)
     check_floating("targets", targets)
+    check_same_device(inputs=inputs, targets=targets)
     _check_same_shape(inputs, targets)
-    check_sigmoid_focal_options(alpha, gamma)
+    check_focal_options(alpha, gamma, negative_alpha_means_none=True)
 
     result_dtype = torch.promote_types(inputs.dtype, targets.dtype)
     logits = inputs.to(compute_dtype(result_dtype))
@@ -239,7 +267,7 @@ class BCELoss(nn.Module):
         self.register_buffer("weight", weight)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return binary_cross_entropy(input, target, self.weight, self.reduction)
+        return binary_cross_entropy(input, target, self.weight, reduction=self.reduction)
 
 
 class BCEWithLogitsLoss(nn.Module):
@@ -269,7 +297,9 @@ class BCEWithLogitsLoss(nn.Module):
     function = staticmethod(binary_cross_entropy_with_logits)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return self.function(input, target, self.weight, self.reduction, self.pos_weight)
+        return self.function(
+            input, target, self.weight, reduction=self.reduction, pos_weight=self.pos_weight
+        )
 
 
 class SigmoidFocalLoss(nn.Module):
@@ -281,7 +311,7 @@ class SigmoidFocalLoss(nn.Module):
     def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none") -> None:
         super().__init__()
         check_reduction(reduction)
-        check_sigmoid_focal_options(alpha, gamma)
+        check_focal_options(alpha, gamma, negative_alpha_means_none=True)
         self.alpha = alpha
         self.gamma = gamma
         self.reduction = reduction

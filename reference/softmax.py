@@ -33,6 +33,19 @@ once, at the end (autograd rounds the gradient once too, when it casts it back),
 kernels do: rounding every intermediate to 8 bits would make the oracle the largest error in a
 bf16 comparison. float32 and float64 are computed in their own dtype.
 
+Non-finite logits, as torch. A row with a logit at +inf, or with no finite logit, has no softmax:
+its loss is nan and so is its whole gradient (torch's log_softmax backward, grad - p sum(grad), is
+nan where p is) -- even at an ignored position, whose loss is 0. A logit at -inf elsewhere is a
+masked class: p = 0 there, a zero gradient, the other classes unaffected. At the target it makes
+the loss +inf with a finite gradient (p - onehot, times the class weight; for the focal loss its
+limit alpha_y (p - onehot)). Label smoothing, or a probability target that puts mass on a class at
+-inf, makes the loss +inf with a finite gradient; a class at -inf whose target probability is 0
+makes a probability target's loss nan (0 x log 0, as torch computes it).
+
+Targets. Class indices may have any integer dtype (torch takes int64 and uint8), on the logits'
+device. Probability targets take no ``ignore_index`` (torch raises for one >= 0, and ignores a
+negative one, the default -100 included).
+
 Label smoothing (cross_entropy only), eps = ``label_smoothing``, C classes, as torch does it:
 
 - class probabilities: q = (1 - eps) * target + eps / C, then the formula above;
@@ -49,10 +62,14 @@ import torch
 from torch import nn
 
 from lossbench.reference._checks import (
+    check_alpha_values,
     check_class_index_target,
     check_floating,
+    check_focal_options,
+    check_no_ignore_index_for_probabilities,
     check_per_class,
     check_reduction,
+    check_same_device,
     class_dim_of,
     compute_dtype,
     reduce,
@@ -73,9 +90,20 @@ def _log_softmax(input: torch.Tensor, class_dim: int) -> torch.Tensor:
     cancelling 1 - 1 + rest / (1 + rest), and keeps it exact as well.
     """
     top_class = input.argmax(dim=class_dim, keepdim=True)
-    shifted = (input - input.gather(class_dim, top_class)).scatter(class_dim, top_class, 0.0)
+    row_max = input.gather(class_dim, top_class)
+    shifted = (input - row_max).scatter(class_dim, top_class, 0.0)
     rest = shifted.exp().scatter(class_dim, top_class, 0.0).sum(dim=class_dim, keepdim=True)
-    return shifted - torch.log1p(rest)
+    return shifted - torch.log1p(rest) + _nan_rows(input, ~torch.isfinite(row_max))
+
+
+def _nan_rows(input: torch.Tensor, invalid: torch.Tensor) -> torch.Tensor:
+    """0 on the rows that have a softmax; nan, in value and in every gradient entry, on the
+    ``invalid`` ones (a logit at +inf or nan, or none finite), as torch's log_softmax gives.
+
+    Added to log p: x * nan has the gradient nan, and the valid rows see 0 x 0 through
+    ``torch.where``, which passes no gradient to the branch it did not select.
+    """
+    return torch.where(invalid, input, 0.0) * torch.where(invalid, math.nan, 0.0)
 
 
 def _true_class_log_prob(
@@ -85,7 +113,7 @@ def _true_class_log_prob(
 
     Ignored positions read class 0 (a valid index); callers zero them with ``torch.where``.
     """
-    safe_target = target.masked_fill(~kept, 0)
+    safe_target = target.masked_fill(~kept, 0).long()  # gather indexes with int64 only
     gathered = log_probs.gather(class_dim, safe_target.unsqueeze(class_dim))
     return gathered.squeeze(class_dim), safe_target
 
@@ -178,7 +206,7 @@ def cross_entropy(
             read as probabilities, as torch does.
         weight: per-class weight, shape (C,), ``input``'s dtype; None weighs every class 1.
         ignore_index: class-index targets equal to it contribute 0 to the loss and to the 'mean'
-            denominator; unused for probability targets.
+            denominator; with probability targets it must be negative (unused), as in torch.
         reduction: 'none', 'mean' or 'sum'; see the module docstring for what 'mean' divides by.
         label_smoothing: eps in [0, 1]; mixes the target with the uniform distribution.
         z_loss_scale: z >= 0, not in torch: adds PaLM's z-loss z * logsumexp(x)^2 per
@@ -200,8 +228,9 @@ def cross_entropy(
 
     Raises:
         ValueError: bad reduction, label_smoothing outside [0, 1], z_loss_scale negative or not
-            finite or given with probability targets, mismatched shapes, a class index outside
-            [0, C) that is not ``ignore_index``, weight not of shape (C,).
+            finite or given with probability targets, ignore_index >= 0 with probability targets,
+            mismatched shapes, a class index outside [0, C) that is not ``ignore_index``, weight
+            not of shape (C,), tensors on different devices.
         TypeError: non-floating input, weight or probability target; non-integer index target;
             weight of another dtype than input.
     """
@@ -220,6 +249,7 @@ def cross_entropy(
             class_offset=class_offset,
         )
     check_floating("input", input)
+    check_same_device(input=input, target=target, weight=weight)
     class_dim = class_dim_of(input)
     check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
@@ -232,6 +262,7 @@ def cross_entropy(
         check_floating("target of class probabilities", target)
         if z_loss_scale != 0.0:
             raise ValueError("z_loss_scale applies to class-index targets, not probabilities")
+        check_no_ignore_index_for_probabilities(ignore_index)
         result_dtype = torch.promote_types(input.dtype, target.dtype)
         dtype = compute_dtype(result_dtype)
         loss = _cross_entropy_class_probabilities(
@@ -291,9 +322,9 @@ def softmax_focal_loss(
     Args:
         input: logits, floating, shape (N, C), (N, C, d1, ...) or (C,).
         target: class indices, integer, ``input``'s shape without dim 1 (or () for (C,) input).
-        alpha: None (no weighting), a float >= 0 applied to every class, or a per-class tensor
-            of shape (C,) with ``input``'s dtype and entries >= 0.
-        gamma: focusing parameter >= 0; gamma = 0 with alpha = None is cross-entropy.
+        alpha: None (no weighting), a float in [0, 1] applied to every class, or a per-class
+            tensor of shape (C,) with ``input``'s dtype and entries in [0, 1].
+        gamma: focusing parameter, finite and >= 0; gamma = 0 with alpha = None is cross-entropy.
         ignore_index: targets equal to it contribute 0 and are not counted by 'mean'.
         reduction: 'none' (per-sample, target's shape), 'sum', or 'mean' = sum / the number of
             non-ignored targets (alpha does not enter the denominator; nan if every target is
@@ -303,12 +334,15 @@ def softmax_focal_loss(
 
     1 - p_y is computed as -expm1(log p_y), so it keeps its precision when p_y is close to 1.
     Where p_y rounds to exactly 1 the loss is 0 with a zero gradient, for every gamma >= 0.
-    Where p_y is exactly 0 (the true class's logit is -inf) the loss is inf and that sample's
-    gradient is nan, because (1 - p)^gamma's derivative there is 0 times an infinite log p.
+    Where p_y is exactly 0 (the true class's logit is -inf) the loss is inf and the gradient its
+    limit alpha_y (p - onehot): (1 - p)^gamma is exactly 1 there, so its derivative (0, times an
+    infinite log p) is left out rather than made nan.
 
     Raises:
-        ValueError: bad reduction, gamma < 0, negative alpha, alpha tensor not of shape (C,),
-            mismatched shapes, a class index outside [0, C) that is not ``ignore_index``.
+        ValueError: bad reduction, gamma or alpha outside the rule of
+            ``reference._checks.check_focal_options`` (gamma finite and >= 0, alpha in [0, 1]),
+            alpha tensor not of shape (C,), mismatched shapes, a class index outside [0, C) that
+            is not ``ignore_index``, tensors on different devices.
         TypeError: non-floating input or alpha tensor, alpha tensor of another dtype than input,
             non-integer target.
     """
@@ -326,15 +360,13 @@ def softmax_focal_loss(
             class_offset=class_offset,
         )
     check_floating("input", input)
+    alpha_tensor = alpha if isinstance(alpha, torch.Tensor) else None
+    check_same_device(input=input, target=target, alpha=alpha_tensor)
     check_reduction(reduction)
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
-    if isinstance(alpha, torch.Tensor):
-        check_per_class("alpha", alpha, input)
-        if (alpha < 0).any():
-            raise ValueError("alpha must be >= 0 for every class; use alpha=None for no weighting")
-    elif alpha is not None and alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}; use alpha=None for no weighting")
+    check_focal_options(alpha, gamma, negative_alpha_means_none=False)
+    if alpha_tensor is not None:
+        check_per_class("alpha", alpha_tensor, input)
+        check_alpha_values(alpha_tensor)
     class_dim = check_class_index_target(input, target, ignore_index)
     dtype = compute_dtype(input.dtype)
     if isinstance(alpha, torch.Tensor):
@@ -344,7 +376,10 @@ def softmax_focal_loss(
         _log_softmax(input.to(dtype), class_dim), target, kept, class_dim
     )
     one_minus_p = -torch.expm1(target_log_prob)
-    loss = -_focal_modulating_factor(one_minus_p, gamma) * target_log_prob
+    modulating = _focal_modulating_factor(one_minus_p, gamma)
+    # p_y = 0 (a true logit at -inf): the factor is exactly 1 with its derivative left out.
+    modulating = torch.where(target_log_prob == -math.inf, 1.0, modulating)
+    loss = -modulating * target_log_prob
     if isinstance(alpha, torch.Tensor):
         loss = alpha[safe_target] * loss
     elif alpha is not None:
@@ -400,7 +435,9 @@ class SoftmaxFocalLoss(nn.Module):
     ) -> None:
         super().__init__()
         check_reduction(reduction)
+        check_focal_options(alpha, gamma, negative_alpha_means_none=False)
         if isinstance(alpha, torch.Tensor):
+            check_alpha_values(alpha)
             self.register_buffer("alpha", alpha)
         else:
             self.alpha = alpha

@@ -6,6 +6,7 @@ comparison of a loss and its gradients with a float64 oracle, and nan-poisoned a
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from unittest import mock
 
@@ -123,6 +124,44 @@ def assert_matches_float64(
     if target_grad:
         assert_close(target_grad_value, expected_target_grad, dtype, "target gradient")
     return loss
+
+
+# --- Non-finite logits: the cases every loss is tested on, against torch and kernel against ----
+# --- reference ---------------------------------------------------------------------------------
+
+# name: (a row of 4 logits, its target class; -100 is ignored). +inf and -inf at the target and
+# elsewhere, two +inf, +inf beside -inf, no finite logit, nan, and +inf in an ignored row.
+NON_FINITE_ROWS: dict[str, tuple[list[float], int]] = {
+    "+inf at the target": ([math.inf, 0.5, -1.0, 2.0], 0),
+    "+inf elsewhere": ([math.inf, 0.5, -1.0, 2.0], 2),
+    "-inf at the target": ([-math.inf, 0.5, -1.0, 2.0], 0),
+    "-inf elsewhere": ([-math.inf, 0.5, -1.0, 2.0], 2),
+    "two +inf": ([math.inf, math.inf, 0.0, 1.0], 3),
+    "+inf and -inf": ([math.inf, -math.inf, 0.0, 1.0], 1),
+    "all -inf": ([-math.inf] * 4, 1),
+    "nan": ([math.nan, 0.5, -1.0, 2.0], 2),
+    "+inf, ignored": ([math.inf, 0.5, -1.0, 2.0], -100),
+}
+
+
+def non_finite_softmax_case(name: str, device: str = "cpu") -> tuple[Tensor, Tensor]:
+    """float64 logits (3, 4) whose first row is ``NON_FINITE_ROWS[name]`` and whose other rows
+    are finite and random (so that a reduced loss shows what one bad row does to it), with
+    their class-index targets (3,)."""
+    row, target = NON_FINITE_ROWS[name]
+    logits = 2 * torch.randn(3, 4, dtype=torch.float64)
+    logits[0] = torch.tensor(row, dtype=torch.float64)
+    targets = torch.cat([torch.tensor([target]), torch.randint(0, 4, (2,))])
+    return logits.to(device), targets.to(device)
+
+
+def non_finite_sigmoid_case(device: str = "cpu") -> tuple[Tensor, Tensor]:
+    """float64 logits (12,) and targets: +inf, -inf and nan each against the targets 0, 1 and
+    0.3, then three finite logits."""
+    infinities = [math.inf] * 3 + [-math.inf] * 3 + [math.nan] * 3
+    logits = torch.tensor(infinities + torch.randn(3).tolist(), dtype=torch.float64)
+    targets = torch.tensor([0.0, 1.0, 0.3] * 3 + torch.rand(3).tolist(), dtype=torch.float64)
+    return logits.to(device), targets.to(device)
 
 
 # --- Results files ----------------------------------------------------------------------------

@@ -568,7 +568,9 @@ def test_modules_match_their_functions() -> None:
     module = BCEWithLogitsLoss(weight, reduction="sum", pos_weight=pos_weight)
     assert_close(
         module(input, target),
-        binary_cross_entropy_with_logits(input, target, weight, "sum", pos_weight),
+        binary_cross_entropy_with_logits(
+            input, target, weight, reduction="sum", pos_weight=pos_weight
+        ),
         torch.float32,
         "BCEWithLogitsLoss",
     )
@@ -636,7 +638,7 @@ def _bad_calls() -> Iterator[tuple[str, Callable[[], object], type[Exception], s
     )
     yield (
         "reduction",
-        lambda: binary_cross_entropy_with_logits(x, t, None, "avg"),
+        lambda: binary_cross_entropy_with_logits(x, t, None, reduction="avg"),
         ValueError,
         "avg",
     )

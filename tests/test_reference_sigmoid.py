@@ -29,7 +29,7 @@ from lossbench.reference.sigmoid import (
 )
 from lossbench.reference.tolerance import assert_close
 
-from .helpers import loss_and_gradients, upcast
+from .helpers import loss_and_gradients, non_finite_sigmoid_case, upcast
 
 # (7,): one row of a 1-D binary problem, odd length. (33, 80): N x C multi-label with COCO's 80
 # classes (not a power of two). (4, 3, 17, 5): an (N, C, H, W) map with odd spatial sizes.
@@ -596,6 +596,44 @@ BAD_INPUTS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
         TypeError,
         "targets",
     ),
+    (
+        "bce reduction positional (torch's size_average)",
+        lambda: binary_cross_entropy(PROBABILITIES, TARGETS, None, "sum"),
+        TypeError,
+        "positional",
+    ),
+    (
+        "logits reduction positional (torch's size_average)",
+        lambda: binary_cross_entropy_with_logits(LOGITS, TARGETS, None, "sum"),
+        TypeError,
+        "positional",
+    ),
+    (
+        "logits target on another device",
+        lambda: binary_cross_entropy_with_logits(LOGITS, TARGETS.to("meta")),
+        ValueError,
+        r"one device.*target on meta",
+    ),
+    (
+        "logits pos_weight on another device",
+        lambda: binary_cross_entropy_with_logits(
+            LOGITS, TARGETS, pos_weight=torch.ones(4, device="meta")
+        ),
+        ValueError,
+        r"one device.*pos_weight on meta",
+    ),
+    (
+        "bce weight on another device",
+        lambda: binary_cross_entropy(PROBABILITIES, TARGETS, torch.ones(4, device="meta")),
+        ValueError,
+        r"one device.*weight on meta",
+    ),
+    (
+        "focal targets on another device",
+        lambda: sigmoid_focal_loss(LOGITS, TARGETS.to("meta")),
+        ValueError,
+        r"one device.*targets on meta",
+    ),
     ("BCELoss reduction", lambda: BCELoss(reduction="avg"), ValueError, "reduction"),
     (
         "BCEWithLogitsLoss reduction",
@@ -616,3 +654,69 @@ BAD_INPUTS: list[tuple[str, Callable[[], object], type[Exception], str]] = [
 def test_bad_input_raises(call: Callable[[], object], error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         call()
+
+
+# Non-finite logits: torch's (torchvision's) semantics -------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize(
+    "option",
+    [{}, {"weight": "last"}, {"pos_weight": 2.0}, {"pos_weight": 2.0, "weight": "last"}],
+    ids=["plain", "weight", "pos_weight", "both"],
+)
+def test_bce_with_non_finite_logits_follows_torch(option: dict, reduction: str) -> None:
+    # +inf, -inf and nan logits against targets 0, 1 and 0.3: loss, input and target gradients.
+    logits, targets = non_finite_sigmoid_case()
+    options = {}
+    if "weight" in option:
+        options["weight"] = random_weight((12,))
+    if "pos_weight" in option:
+        options["pos_weight"] = torch.tensor(option["pos_weight"], dtype=torch.float64)
+    ours = loss_and_gradients(
+        binary_cross_entropy_with_logits,
+        logits,
+        targets,
+        target_grad=True,
+        reduction=reduction,
+        **options,
+    )
+    theirs = loss_and_gradients(
+        torch_binary_cross_entropy_with_logits,
+        logits,
+        targets,
+        ours[3],
+        target_grad=True,
+        reduction=reduction,
+        **options,
+    )
+    for what, actual, expected in zip(("loss", "input", "target"), ours, theirs, strict=False):
+        assert_close(actual, expected, torch.float64, f"{what} with non-finite logits")
+
+
+@pytest.mark.parametrize(("alpha", "gamma"), [(0.25, 2.0), (-1.0, 0.0), (0.25, 0.0), (-1.0, 1.5)])
+def test_sigmoid_focal_with_non_finite_logits_follows_torchvision(
+    alpha: float, gamma: float
+) -> None:
+    logits, targets = non_finite_sigmoid_case()
+    ours = loss_and_gradients(
+        sigmoid_focal_loss,
+        logits,
+        targets,
+        target_grad=True,
+        alpha=alpha,
+        gamma=gamma,
+        reduction="none",
+    )
+    theirs = loss_and_gradients(
+        torchvision_focal,
+        logits,
+        targets,
+        ours[3],
+        target_grad=True,
+        alpha=alpha,
+        gamma=gamma,
+        reduction="none",
+    )
+    for what, actual, expected in zip(("loss", "input", "target"), ours, theirs, strict=False):
+        assert_close(actual, expected, torch.float64, f"{what} with non-finite logits")

@@ -23,6 +23,8 @@ from lossbench.reference.softmax import (
 )
 from lossbench.reference.tolerance import assert_close
 
+from .helpers import NON_FINITE_ROWS, loss_and_gradients, non_finite_softmax_case
+
 # Five classes, not a power of two; (N, C, H, W) has spatial dims; (C,) is the unbatched form.
 N_CLASSES = 5
 SHAPES = {"N,C": (6, N_CLASSES), "N,C,H,W": (3, N_CLASSES, 2, 3), "C": (N_CLASSES,)}
@@ -216,6 +218,7 @@ ALPHAS = ("none", "float", "tensor")
 
 
 def make_alpha(kind: str) -> float | torch.Tensor | None:
+    """None, a float, or distinct per-class entries in [0, 1] (the rule's range)."""
     if kind == "none":
         return None
     if kind == "float":
@@ -312,7 +315,7 @@ def test_focal_alpha_tensor_at_gamma_zero_is_weighted_cross_entropy_except_mean(
     """'none' and 'sum' equal weighted CE; 'mean' divides by the count, not by sum of alpha_y."""
     logits = make_logits(SHAPES["N,C"])
     target, ignore_index = make_index_target(SHAPES["N,C"], "default")
-    alpha = make_class_weight()
+    alpha = make_alpha("tensor")
     for reduction in ("none", "sum"):
         assert_close(
             softmax_focal_loss(logits, target, alpha, 0.0, ignore_index, reduction),
@@ -358,7 +361,7 @@ def test_focal_mean_is_sum_over_kept_count():
     shape = SHAPES["N,C,H,W"]
     logits = make_logits(shape)
     target, ignore_index = make_index_target(shape, "default")
-    alpha = make_class_weight()
+    alpha = make_alpha("tensor")
     total = softmax_focal_loss(logits, target, alpha, 2.0, ignore_index, "sum")
     mean = softmax_focal_loss(logits, target, alpha, 2.0, ignore_index, "mean")
     assert_close(mean, total / (target != ignore_index).sum(), torch.float64, "mean")
@@ -521,7 +524,7 @@ def test_cross_entropy_module_matches_function_and_keeps_weight_as_buffer():
 def test_focal_module_matches_function_and_keeps_tensor_alpha_as_buffer():
     logits = make_logits(SHAPES["N,C"])
     target, ignore_index = make_index_target(SHAPES["N,C"], "default")
-    alpha = make_class_weight()
+    alpha = make_alpha("tensor")
     module = SoftmaxFocalLoss(alpha, gamma=1.5, ignore_index=ignore_index, reduction="none")
     assert dict(module.named_buffers())["alpha"] is alpha
     expected = softmax_focal_loss(logits, target, alpha, 1.5, ignore_index, "none")
@@ -719,3 +722,150 @@ def test_z_loss_rejects_bad_values_and_probability_targets() -> None:
         cross_entropy(logits, torch.zeros(4, dtype=torch.long), z_loss_scale=-1.0)
     with pytest.raises(ValueError, match="class-index targets"):
         cross_entropy(logits, torch.rand(4, 3).softmax(1), z_loss_scale=0.1)
+
+
+# --- Targets as torch takes them ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_uint8_class_indices_like_torch(reduction: str) -> None:
+    # torch's cross_entropy takes "Long or Byte" class indices; so does the oracle, and the
+    # focal loss with them.
+    logits = make_logits(SHAPES["N,C"])
+    target = torch.randint(0, N_CLASSES, (SHAPES["N,C"][0],), dtype=torch.uint8)
+    weight = make_class_weight()
+    ours, ours_grad, _, upstream = loss_and_gradients(
+        cross_entropy, logits, target, weight=weight, reduction=reduction
+    )
+    theirs, theirs_grad, _, _ = loss_and_gradients(
+        torch_cross_entropy, logits, target, upstream, weight=weight, reduction=reduction
+    )
+    assert_close(ours, theirs, torch.float64, "loss")
+    assert_close(ours_grad, theirs_grad, torch.float64, "gradient")
+    assert torch.equal(
+        softmax_focal_loss(logits, target, reduction=reduction),
+        softmax_focal_loss(logits, target.long(), reduction=reduction),
+    )
+
+
+@pytest.mark.parametrize("loss", [cross_entropy, softmax_focal_loss])
+def test_tensors_on_different_devices_raise_naming_them(loss) -> None:
+    with pytest.raises(ValueError, match=r"one device.*target on meta"):
+        loss(LOGITS, TARGET.to("meta"))
+    with pytest.raises(ValueError, match=r"one device.*input on meta"):
+        loss(LOGITS.to("meta"), TARGET)
+
+
+def test_probability_target_takes_no_ignore_index_like_torch() -> None:
+    logits = make_logits(SHAPES["N,C"])
+    probabilities = make_probability_target(SHAPES["N,C"])
+    for ignore_index in (0, 1):
+        with pytest.raises(ValueError, match="ignore_index is not supported for floating point"):
+            cross_entropy(logits, probabilities, ignore_index=ignore_index)
+        with pytest.raises(RuntimeError, match="ignore_index is not supported for floating point"):
+            torch_cross_entropy(logits, probabilities, ignore_index=ignore_index)
+    # A negative one is accepted and unused, as by torch.
+    assert torch.equal(
+        cross_entropy(logits, probabilities, ignore_index=-1), cross_entropy(logits, probabilities)
+    )
+
+
+# --- Non-finite logits: torch's semantics -------------------------------------------------------
+
+NON_FINITE_OPTIONS = {
+    "plain": {},
+    "weight": {"weight": True},
+    "label_smoothing": {"label_smoothing": 0.2},
+}
+
+
+def _non_finite_options(name: str) -> dict:
+    options = dict(NON_FINITE_OPTIONS[name])
+    if options.pop("weight", False):
+        options["weight"] = torch.rand(4, dtype=torch.float64) + 0.2
+    return options
+
+
+@pytest.mark.parametrize("option", list(NON_FINITE_OPTIONS))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("case", list(NON_FINITE_ROWS))
+def test_non_finite_logits_follow_torch(case: str, reduction: str, option: str) -> None:
+    logits, target = non_finite_softmax_case(case)
+    options = _non_finite_options(option)
+    ours, ours_grad, _, upstream = loss_and_gradients(
+        cross_entropy, logits, target, reduction=reduction, **options
+    )
+    theirs, theirs_grad, _, _ = loss_and_gradients(
+        torch_cross_entropy, logits, target, upstream, reduction=reduction, **options
+    )
+    # Non-finite entries must match exactly (nan for nan, the same infinity), finite ones closely.
+    assert_close(ours, theirs, torch.float64, f"{case}: loss")
+    assert_close(ours_grad, theirs_grad, torch.float64, f"{case}: gradient")
+
+
+@pytest.mark.parametrize("zero_at_the_non_finite_class", [False, True])
+@pytest.mark.parametrize("case", [name for name in NON_FINITE_ROWS if "ignored" not in name])
+def test_non_finite_logits_with_probability_targets_follow_torch(
+    case: str, zero_at_the_non_finite_class: bool
+) -> None:
+    # With no probability on a class at -inf, torch's 0 x log 0 makes the loss nan; with some,
+    # the loss is inf. Both gradients as torch's.
+    logits, _ = non_finite_softmax_case(case)
+    probabilities = torch.softmax(torch.randn(3, 4, dtype=torch.float64), dim=1)
+    if zero_at_the_non_finite_class:
+        probabilities[0, 0] = 0.0
+        probabilities[0] /= probabilities[0].sum()
+    for options in ({}, {"label_smoothing": 0.2}):
+        ours = loss_and_gradients(
+            cross_entropy, logits, probabilities, target_grad=True, reduction="none", **options
+        )
+        theirs = loss_and_gradients(
+            torch_cross_entropy,
+            logits,
+            probabilities,
+            ours[3],
+            target_grad=True,
+            reduction="none",
+            **options,
+        )
+        for what, actual, expected in zip(
+            ("loss", "input grad", "target grad"), ours[:3], theirs[:3], strict=True
+        ):
+            assert_close(actual, expected, torch.float64, f"{case} {options}: {what}")
+
+
+@pytest.mark.parametrize("case", list(NON_FINITE_ROWS))
+def test_non_finite_logits_in_the_focal_loss(case: str) -> None:
+    # gamma = 0 without alpha is cross-entropy, non-finite logits included. With gamma > 0: a row
+    # without a softmax is nan (its gradient too); -inf at the target costs inf with the gradient's
+    # limit alpha_y (p - onehot); -inf elsewhere is a class of probability exactly 0.
+    logits, target = non_finite_softmax_case(case)
+    focal_ce = loss_and_gradients(softmax_focal_loss, logits, target, gamma=0.0, reduction="none")
+    torch_ce = loss_and_gradients(
+        torch_cross_entropy, logits, target, focal_ce[3], reduction="none"
+    )
+    assert_close(focal_ce[0], torch_ce[0], torch.float64, "focal(gamma=0) loss")
+    assert_close(focal_ce[1], torch_ce[1], torch.float64, "focal(gamma=0) gradient")
+
+    alpha = torch.rand(4, dtype=torch.float64)
+    loss, grad, _, upstream = loss_and_gradients(
+        softmax_focal_loss, logits, target, alpha=alpha, reduction="none"
+    )
+    row = logits[0]
+    if torch.isnan(row).any() or torch.isposinf(row).any() or torch.isneginf(row).all():
+        assert loss[0].isnan() == (target[0] != -100)
+        assert grad[0].isnan().all()
+    elif case == "-inf at the target":
+        assert loss[0] == math.inf
+        onehot = torch.nn.functional.one_hot(target[0], 4)
+        expected = alpha[target[0]] * (torch.softmax(row, 0) - onehot) * upstream[0]
+        assert_close(grad[0], expected, torch.float64, "gradient at p_y = 0")
+    else:  # -inf elsewhere: as a logit so small that its exp is exactly 0
+        masked = logits.clone()
+        masked[0, 0] = -1e300
+        expected = loss_and_gradients(
+            softmax_focal_loss, masked, target, upstream, alpha=alpha, reduction="none"
+        )
+        assert_close(loss, expected[0], torch.float64, "loss with a masked class")
+        assert_close(grad, expected[1], torch.float64, "gradient with a masked class")
+    assert torch.isfinite(loss[1:]).all() and torch.isfinite(grad[1:]).all()
