@@ -1,4 +1,5 @@
-"""What the kernel modules share: where kernels run, argument checks, launch sizes."""
+"""What the kernel modules share: where kernels run, argument checks, the compute dtype, and the
+in-place scaling of a gradient by its upstream gradient (a custom op)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from lossbench.reference._checks import check_same_device
 
 # kernels/__init__.py has already chosen, before triton was imported.
 INTERPRETED: bool = os.environ.get("TRITON_INTERPRET") == "1"
@@ -63,9 +66,7 @@ def check_kernel_device(**tensors: torch.Tensor | None) -> None:
                 f"{name} is on {device}, but the kernels run on {where}: "
                 f"move it to {KERNEL_DEVICE!r}"
             )
-    if len(set(devices.values())) > 1:
-        listing = ", ".join(f"{name} on {device}" for name, device in devices.items())
-        raise ValueError(f"all tensors must be on one device, got {listing}")
+    check_same_device(**tensors)
 
 
 def check_no_gradient_wanted(module: str, **tensors: torch.Tensor | None) -> None:
@@ -80,6 +81,34 @@ def check_no_gradient_wanted(module: str, **tensors: torch.Tensor | None) -> Non
                 f"{name} requires grad, but these kernels give no gradient for it: detach it, "
                 f"or use {module}"
             )
+
+
+def check_first_order(module: str) -> None:
+    """Raise ``RuntimeError`` when a backward runs with ``create_graph=True``.
+
+    Only such a backward records a graph of itself (grad mode is on inside it). The kernels'
+    gradients have none, so a second-order gradient through them (a gradient penalty, a
+    Hessian-vector product) would silently miss this loss's part; ``module`` names the
+    reference, whose autograd ops do differentiate twice.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"the fused {module.removeprefix('reference.')} kernels give first-order gradients "
+            "only: backward with create_graph=True (for a second-order gradient) is not "
+            f"supported; use {module}"
+        )
+
+
+# --- The compute dtype -----------------------------------------------------------------------
+# fp16 and bf16 are computed in fp32, as torch's kernels do; fp32 in fp32; fp64 in fp64, so that
+# torch.autograd.gradcheck's finite differences (in float64) see the kernels' own gradients.
+
+
+@triton.jit
+def to_compute_dtype(x, FP64: tl.constexpr):
+    """``x`` in the dtype a kernel computes in: float64 when FP64, else float32."""
+    # One return: the compiler types every return statement of a function, taken or not.
+    return x.to(tl.float64) if FP64 else x.to(tl.float32)
 
 
 def multiprocessor_count(device: torch.device) -> int:
@@ -107,14 +136,15 @@ SCALE_PROGRAMS_PER_SM = 4  # a few resident programs per SM hide the loop's load
 
 @triton.jit
 def _scale_unless_one_kernel(
-    grad_ptr,  # (n_elements,) contiguous gradient, fp32/fp16/bf16, scaled in place
+    grad_ptr,  # (n_elements,) contiguous gradient, fp32/fp16/bf16/fp64, scaled in place
     scale_ptr,  # () the upstream gradient, any float dtype
     n_elements,
     BLOCK: tl.constexpr,
+    FP64: tl.constexpr,  # compute in float64 (a float64 gradient)
 ):
     """Each program strides over BLOCK-element blocks of the gradient, scaling them, unless the
     scale is 1."""
-    scale = tl.load(scale_ptr).to(tl.float32)
+    scale = to_compute_dtype(tl.load(scale_ptr), FP64)
     if scale != 1.0:
         # int64: the gradient may hold more than 2^31 elements.
         first = tl.program_id(0).to(tl.int64) * BLOCK
@@ -123,21 +153,35 @@ def _scale_unless_one_kernel(
             offsets = block_start + tl.arange(0, BLOCK)
             mask = offsets < n_elements
             grad = tl.load(grad_ptr + offsets, mask=mask)
-            tl.store(grad_ptr + offsets, grad.to(tl.float32) * scale, mask=mask)
+            tl.store(grad_ptr + offsets, to_compute_dtype(grad, FP64) * scale, mask=mask)
+
+
+@torch.library.custom_op("lossbench::scale_unless_one_", mutates_args=("grad",))
+def _scale_unless_one_op(grad: torch.Tensor, upstream: torch.Tensor) -> None:
+    """Multiply ``grad`` in place by the one-element ``upstream`` unless it is 1 (on the device)."""
+    # I/O: read 1 scalar per program; when upstream != 1, read and write grad once more.
+    n_elements = grad.numel()
+    if n_elements:
+        programs = SCALE_PROGRAMS_PER_SM * multiprocessor_count(grad.device)
+        grid = (min(triton.cdiv(n_elements, SCALE_BLOCK), programs),)
+        _scale_unless_one_kernel[grid](
+            grad, upstream, n_elements, BLOCK=SCALE_BLOCK, FP64=grad.dtype == torch.float64
+        )
+
+
+@_scale_unless_one_op.register_fake
+def _(grad: torch.Tensor, upstream: torch.Tensor) -> None:
+    return None
 
 
 def scale_unless_one_(grad: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
     """Multiply the contiguous ``grad`` in place by the one-element ``upstream``; no host sync.
 
-    # I/O: read 1 scalar per program; when upstream != 1, read and write grad once more.
+    Runs the custom op ``lossbench::scale_unless_one_``, which declares that it mutates ``grad``.
     """
     if not grad.is_contiguous():
         raise ValueError("scale_unless_one_ needs a contiguous gradient")
     if upstream.numel() != 1:
         raise ValueError(f"upstream must hold one element, got shape {tuple(upstream.shape)}")
-    n_elements = grad.numel()
-    if n_elements:
-        programs = SCALE_PROGRAMS_PER_SM * multiprocessor_count(grad.device)
-        grid = (min(triton.cdiv(n_elements, SCALE_BLOCK), programs),)
-        _scale_unless_one_kernel[grid](grad, upstream, n_elements, BLOCK=SCALE_BLOCK)
+    _scale_unless_one_op(grad, upstream)
     return grad

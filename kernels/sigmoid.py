@@ -14,13 +14,17 @@ How the reductions move memory (the whole point of fusing):
 
 * ``"mean"`` / ``"sum"``: one pass. When a gradient is wanted, the forward kernel already writes
   it (as if the upstream gradient were 1, times 1/numel for "mean") while it sums the loss, so
-  forward + backward reads the inputs once and writes the gradient once. Backward only multiplies
-  it by the upstream gradient, in place and without a host sync (``scale_unless_one_``: no traffic
-  when that gradient is 1, as ``loss.backward()`` passes). Extra memory: the gradient and one fp32
-  partial sum per program (numel / 2048 of them: 0.05 % of an fp32 gradient). Such a graph can be
-  differentiated once: a second backward (``retain_graph=True``) raises ``RuntimeError``. The
-  gradient is written whenever grad mode is on and the input requires grad, whether or not
-  backward follows: evaluate under ``torch.no_grad()`` to read the inputs only.
+  forward + backward reads the inputs once and writes the gradient once. Backward launches a
+  kernel whose programs read the upstream gradient and leave at once when it is 1 (what
+  ``loss.backward()`` passes): no traffic, no host sync. Any other upstream recomputes the
+  gradients from the saved input and target with it folded in (read x, t; write the gradient),
+  so that a 16-bit gradient is rounded once, never stored and then scaled and rounded again;
+  a second backward (``retain_graph=True``, gradcheck) recomputes them likewise. Extra memory:
+  the gradient and one partial sum per program (numel / 2048 of them: 0.05 % of an fp32
+  gradient); the loss keeps a reference to its input and target until backward. The gradient
+  is written whenever grad mode is on and the input requires grad, whether or not backward
+  follows: evaluate under ``torch.no_grad()`` to read the inputs only. Under torch.compile the
+  gradients are computed in backward instead, as for "none" (see kernels/softmax.py).
 * ``"none"``: forward writes the elementwise loss; backward recomputes from the saved input and
   target and the upstream gradient (read x, t, upstream; write the gradient), so nothing is kept
   between the passes but the inputs themselves. An upstream gradient that is one value expanded
@@ -48,16 +52,23 @@ first: + 3 W per element (the copy written, then read by the kernel, plus W for 
 source read). A non-contiguous input or target is copied to a contiguous one first: + 2 X or
 + 2 T per element.
 
-Dtypes: logits fp32, fp16 or bf16; arithmetic in fp32; the input gradient in the input's dtype.
-Targets: any float dtype (soft targets welcome), bool, or uint8 (read as its numeric value, as
-``target.float()`` would be: 0/1 labels expected; a check would need a host sync). The loss
-dtype is torch's: the target's dtype for BCE with a float target (torch computes in place in a
-tensor of that dtype) and ``torch.result_type(input, target)`` for focal; the input's dtype for
-a bool or uint8 target, which torch does not accept at all.
+Dtypes: logits fp32, fp16, bf16 or fp64; arithmetic in fp32, or in fp64 when the logits or the
+target are fp64 (so that torch.autograd.gradcheck works); the input gradient in the input's
+dtype. Targets: any float dtype (soft targets welcome), bool, or uint8 (read as its numeric
+value, as ``target.float()`` would be: 0/1 labels expected; a check would need a host sync). The
+loss dtype is torch's: the target's dtype for BCE with a float target (torch computes in place
+in a tensor of that dtype) and ``torch.result_type(input, target)`` for focal; the input's
+dtype for a bool or uint8 target, which torch does not accept at all.
+
+Non-finite logits give what torch gives (torchvision for the focal loss), loss and gradients:
+see reference/sigmoid.py.
 
 Gradients: d loss / d input, first order only (``create_graph=True`` raises). A float target that
 requires grad gets d loss / d target too (knowledge distillation with soft targets); ``weight``
 or ``pos_weight`` that require grad raise ``NotImplementedError`` before any launch.
+
+Every launch is the custom op ``lossbench::sigmoid_loss``: torch.compile sees one opaque op, and
+forward and backward capture in a CUDA graph (no host synchronisation).
 """
 
 from __future__ import annotations
@@ -72,9 +83,10 @@ from torch import Tensor
 
 from lossbench.kernels._common import (
     REDUCTION_CODES,
+    check_first_order,
     check_kernel_device,
     check_no_gradient_wanted,
-    scale_unless_one_,
+    to_compute_dtype,
 )
 from lossbench.reference import sigmoid as reference_sigmoid
 from lossbench.reference._checks import (
@@ -82,6 +94,7 @@ from lossbench.reference._checks import (
     check_floating,
     check_focal_options,
     check_reduction,
+    compute_dtype,
 )
 
 # Elements per program. num_warps=8 gives 256 threads x 8 elements: one 16-byte load per thread
@@ -95,7 +108,7 @@ NUM_WARPS = 8
 # one multiply instead of a log2 and an exp2, which matters where the kernel must stay memory-bound.
 MAX_CONSTANT_GAMMA = 4
 
-INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 INTEGER_TARGET_DTYPES = (torch.bool, torch.uint8)
 
 # Broadcast weights are indexed in int32 within one period (see _load_broadcast): the period span
@@ -105,9 +118,17 @@ INT32_INDEX_LIMIT = 2**31 - BLOCK
 
 @triton.jit
 def _load_broadcast(
-    pointer, offsets, mask, block_start, inner, period, BROADCAST: tl.constexpr, BLOCK: tl.constexpr
+    pointer,
+    offsets,
+    mask,
+    block_start,
+    inner,
+    period,
+    BROADCAST: tl.constexpr,
+    BLOCK: tl.constexpr,
+    FP64: tl.constexpr,
 ):
-    """Load a weight for each flattened input offset, as fp32.
+    """Load a weight for each flattened input offset, in the compute dtype.
 
     BROADCAST: the weight holds ``period`` values, each repeated for ``inner`` consecutive input
     elements, the whole pattern repeated along the input: value (i // inner) % period. One int64
@@ -120,7 +141,7 @@ def _load_broadcast(
         index = ((phase + tl.arange(0, BLOCK)) // inner) % period
     else:
         index = offsets
-    return tl.load(pointer + index, mask=mask, other=0.0).to(tl.float32)
+    return to_compute_dtype(tl.load(pointer + index, mask=mask, other=0.0), FP64)
 
 
 @triton.jit
@@ -130,7 +151,7 @@ def _sigmoid_loss_kernel(
     weight_ptr,  # weight, any float dtype: (period,) pattern or (n_elements,); None without
     pos_weight_ptr,  # pos_weight, any float dtype, laid out like weight_ptr; None without
     upstream_ptr,  # REDUCTION none + gradients: (n_elements,) or (1,) upstream gradient
-    loss_ptr,  # none: (n_elements,) loss dtype; mean/sum: (n_programs,) fp32 partial sums
+    loss_ptr,  # none: (n_elements,) loss dtype; mean/sum: (n_programs,) compute-dtype partials
     grad_input_ptr,  # (n_elements,) input dtype, written when COMPUTE_GRAD
     grad_target_ptr,  # (n_elements,) target dtype, written when COMPUTE_TARGET_GRAD
     n_elements,
@@ -138,7 +159,7 @@ def _sigmoid_loss_kernel(
     weight_period,
     pos_weight_inner,
     pos_weight_period,
-    scale,  # mean/sum: 1/numel or 1, applied to the partial sums and the gradients
+    scale,  # 1/numel for 'mean', else 1: applied to the partial sums and the gradients
     alpha,
     gamma,
     BLOCK: tl.constexpr,
@@ -153,23 +174,32 @@ def _sigmoid_loss_kernel(
     FOCAL: tl.constexpr,
     HAS_ALPHA: tl.constexpr,
     GAMMA_INT: tl.constexpr,  # gamma when it is an integer <= MAX_CONSTANT_GAMMA, else -1
+    SKIP_IF_UPSTREAM_ONE: tl.constexpr,  # backward of gradients already written for upstream 1
+    FP64: tl.constexpr,  # compute in float64, else in float32
 ):
     """Each program handles BLOCK consecutive elements of the flattened input.
 
     REDUCTION none without gradients: the forward pass, writing the elementwise loss.
-    REDUCTION none with gradients: the backward pass, writing upstream * d loss / d input (and
-    d loss / d target), not the loss. REDUCTION mean/sum: one partial sum of scale * loss per
-    program and, with gradients, scale * d loss / d input (and target) for every element.
+    REDUCTION none with gradients: the backward pass (of any reduction), writing
+    scale * upstream * d loss / d input (and d loss / d target), not the loss. REDUCTION
+    mean/sum: one partial sum of scale * loss per program and, with gradients,
+    scale * d loss / d input (and target) for every element.
     """
+    if SKIP_IF_UPSTREAM_ONE:  # noqa: SIM102 (a constexpr: upstream_ptr may be None without it)
+        # The forward pass wrote the gradients for an upstream gradient of 1: with that upstream
+        # (what loss.backward() passes) there is nothing to do, and no byte to move. Any other
+        # upstream recomputes them with it folded in, rounded once.
+        if tl.load(upstream_ptr).to(tl.float32) == 1.0:
+            return
     # int64: the flattened input may hold more than 2^31 elements.
     block_start = tl.program_id(0).to(tl.int64) * BLOCK
     offsets = block_start + tl.arange(0, BLOCK)
     mask = offsets < n_elements
     # Every element is read once: evict_first keeps the L2 cache for the broadcast weights.
     x = tl.load(input_ptr + offsets, mask=mask, other=0.0, eviction_policy="evict_first")
-    x = x.to(tl.float32)
+    x = to_compute_dtype(x, FP64)
     t = tl.load(target_ptr + offsets, mask=mask, other=0, eviction_policy="evict_first")
-    t = t.to(tl.float32)
+    t = to_compute_dtype(t, FP64)
 
     # One exp, one log and one division give sigma(+-x) and sp(+-x); nothing overflows.
     # e = exp(-|x|) in (0, 1]; r = 1 / (1 + e) = sigma(|x|); e * r = sigma(-|x|).
@@ -200,14 +230,16 @@ def _sigmoid_loss_kernel(
         # Every factor is written without cancellation for hard targets; the products that hold
         # m^(g-1) (unbounded as m -> 0 when g < 1) are formed from bounded factors below.
         cross_entropy = (1.0 - t) * softplus_pos + t * softplus_neg
+        # At x = -inf the cross-entropy is nan, as torch's formula evaluates it (see below).
+        cross_entropy = tl.where(x == float("-inf"), float("nan"), cross_entropy)
         d_cross_entropy = (1.0 - t) * sigma_pos - t * sigma_neg
         modulating_base = t * sigma_neg + (1.0 - t) * sigma_pos
         sigma_product = sigma_pos * sigma_neg
         if GAMMA_INT == 0:
-            modulating = tl.full([BLOCK], 1.0, tl.float32)
+            modulating = tl.full([BLOCK], 1.0, x.dtype)
         elif GAMMA_INT > 0:
             # m^(g-1) by multiplication: exact powers, no log of zero.
-            power_less_one = tl.full([BLOCK], 1.0, tl.float32)
+            power_less_one = tl.full([BLOCK], 1.0, x.dtype)
             for _ in tl.static_range(GAMMA_INT - 1):
                 power_less_one = power_less_one * modulating_base
             modulating = power_less_one * modulating_base
@@ -242,6 +274,14 @@ def _sigmoid_loss_kernel(
                 grad_t += gamma * slope_t * (sigma_neg - sigma_pos)
             if HAS_ALPHA:
                 grad_t = class_weight * grad_t + (2.0 * alpha - 1.0) * cross_entropy * modulating
+        if GAMMA_INT != 0:
+            # torchvision's autograd gives nan gradients at an infinite logit for gamma > 0:
+            # sigmoid's derivative there, 0, times the infinite (or nan) cross-entropy. As torch.
+            infinite = (x == float("inf")) | (x == float("-inf"))
+            if COMPUTE_GRAD:
+                grad = tl.where(infinite, float("nan"), grad)
+            if COMPUTE_TARGET_GRAD:
+                grad_t = tl.where(infinite, float("nan"), grad_t)
     else:
         # loss = w [(1 - t) sp(x) + pw t sp(-x)]: torch's (1 - t) x + (1 + (pw - 1) t) sp(-x)
         # with x = sp(x) - sp(-x), which cancels nothing for hard targets.
@@ -260,10 +300,15 @@ def _sigmoid_loss_kernel(
                 pos_weight_period,
                 POS_WEIGHT_BROADCAST,
                 BLOCK,
+                FP64,
             )
             positive_term = pos_weight * positive_term
             positive_slope = pos_weight * positive_slope
         loss = (1.0 - t) * softplus_pos + positive_term
+        # torch evaluates the loss as (1 - t) x - pw' log sigmoid(x): at x = -inf that is
+        # -inf + inf = nan (0 x -inf for t = 1) whatever the target, where the form above gives
+        # its limit. As torch: nan there; the gradients keep their finite values, as torch's.
+        loss = tl.where(x == float("-inf"), float("nan"), loss)
         if COMPUTE_GRAD:
             grad = (1.0 - t) * sigma_pos - positive_slope
         if COMPUTE_TARGET_GRAD:
@@ -280,6 +325,7 @@ def _sigmoid_loss_kernel(
                 weight_period,
                 WEIGHT_BROADCAST,
                 BLOCK,
+                FP64,
             )
             loss = weight * loss
             if COMPUTE_GRAD:
@@ -290,10 +336,10 @@ def _sigmoid_loss_kernel(
     if REDUCTION == 0:
         if COMPUTE_GRAD or COMPUTE_TARGET_GRAD:
             if UPSTREAM_IS_SCALAR:
-                upstream = tl.load(upstream_ptr).to(tl.float32)
+                upstream = to_compute_dtype(tl.load(upstream_ptr), FP64) * scale
             else:
                 upstream = tl.load(upstream_ptr + offsets, mask=mask, other=0.0)
-                upstream = upstream.to(tl.float32)
+                upstream = to_compute_dtype(upstream, FP64) * scale
             if COMPUTE_GRAD:
                 grad = grad * upstream
             if COMPUTE_TARGET_GRAD:
@@ -315,12 +361,16 @@ def _sigmoid_loss_kernel(
 
 @dataclass(frozen=True)
 class _WeightLayout:
-    """How the kernel reads a weight: ``buffer[(i // inner) % period]`` or ``buffer[i]``."""
+    """How the kernel reads a weight's buffer: ``buffer[(i // inner) % period]`` or
+    ``buffer[i]``."""
 
-    buffer: Tensor
     inner: int
     period: int
     broadcast: bool
+
+
+# A weight that is absent: no buffer, nothing to read.
+_NO_WEIGHT = _WeightLayout(inner=1, period=1, broadcast=False)
 
 
 @dataclass(frozen=True)
@@ -333,10 +383,15 @@ class _LossOptions:
     gamma: float
     compute_grad: bool
     compute_target_grad: bool
+    weight: _WeightLayout = _NO_WEIGHT
+    pos_weight: _WeightLayout = _NO_WEIGHT
+    # Whether a 'mean' or 'sum' loss writes its gradients in the forward pass (eager) or in
+    # backward (under torch.compile); see _SigmoidLossFunction.
+    gradient_in_forward: bool = True
 
 
-def _weight_layout(name: str, weight: Tensor, shape: torch.Size) -> _WeightLayout:
-    """Describe ``weight`` broadcast to ``shape`` as a period over the flattened input.
+def _weight_layout(name: str, weight: Tensor, shape: torch.Size) -> tuple[Tensor, _WeightLayout]:
+    """The buffer the kernel reads for ``weight`` broadcast to ``shape``, and how it reads it.
 
     Expanding adds stride-0 dimensions without copying. If the dimensions with a non-zero stride
     (size-1 dimensions dropped) form one run laid out contiguously, the weight is read in place:
@@ -351,7 +406,7 @@ def _weight_layout(name: str, weight: Tensor, shape: torch.Size) -> _WeightLayou
     varying = [i for i, (_, stride) in enumerate(dims) if stride != 0]
     numel = math.prod(shape)
     if not varying:
-        return _WeightLayout(expanded, inner=1, period=1, broadcast=True)
+        return expanded, _WeightLayout(inner=1, period=1, broadcast=True)
     run = dims[varying[0] : varying[-1] + 1]
     expected_stride = 1
     contiguous_run = True
@@ -361,10 +416,10 @@ def _weight_layout(name: str, weight: Tensor, shape: torch.Size) -> _WeightLayou
     period = math.prod(size for size, _ in run)
     inner = math.prod(size for size, _ in dims[varying[-1] + 1 :])
     if contiguous_run and period == numel:
-        return _WeightLayout(expanded, inner=1, period=numel, broadcast=False)
+        return expanded, _WeightLayout(inner=1, period=numel, broadcast=False)
     if contiguous_run and inner * period < INT32_INDEX_LIMIT:
-        return _WeightLayout(expanded, inner=inner, period=period, broadcast=True)
-    return _WeightLayout(expanded.contiguous(), inner=1, period=numel, broadcast=False)
+        return expanded, _WeightLayout(inner=inner, period=period, broadcast=True)
+    return expanded.contiguous(), _WeightLayout(inner=1, period=numel, broadcast=False)
 
 
 def _check_arguments(
@@ -380,7 +435,8 @@ def _check_arguments(
     check_reduction(reduction)
     if input.dtype not in INPUT_DTYPES:
         raise TypeError(
-            f"{input_name} must be float32, float16 or bfloat16 logits, got dtype {input.dtype}"
+            f"{input_name} must be float32, float16, bfloat16 or float64 logits, got dtype "
+            f"{input.dtype}"
         )
     if not (target.is_floating_point() or target.dtype in INTEGER_TARGET_DTYPES):
         raise TypeError(
@@ -412,156 +468,258 @@ def _constant_gamma(gamma: float) -> int:
 def _launch(
     input: Tensor,
     target: Tensor,
-    weight: _WeightLayout | None,
-    pos_weight: _WeightLayout | None,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
     options: _LossOptions,
-    loss_dtype: torch.dtype,
+    *,
+    loss: Tensor | None = None,
+    grad: Tensor | None = None,
+    grad_target: Tensor | None = None,
     upstream: Tensor | None = None,
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Run the kernel over contiguous ``input`` and ``target``; return (loss, grad, grad_target).
+    skip_if_upstream_is_one: bool = False,
+) -> None:
+    """Run the kernel over contiguous ``input`` and ``target`` (n elements, n > 0).
 
-    Forward (``upstream`` None): the loss (elementwise for "none", a scalar for "mean"/"sum"),
-    with the gradients for "mean"/"sum" when ``options`` asks for them. Backward of "none"
-    (``upstream`` given): the gradients times ``upstream``, and no loss.
+    Forward (``upstream`` None): writes ``loss`` (the elementwise loss for "none", one partial
+    sum per program for "mean"/"sum") and, for "mean"/"sum", ``grad`` and ``grad_target`` when
+    given. Backward (``upstream`` given, one element or n): writes the gradients given, times
+    the upstream (and 1/n for "mean"), no loss; with ``skip_if_upstream_is_one`` every program
+    leaves at once when the one-element upstream is 1.
 
     # I/O: read n x + n t (+ n weight for a full-shape weight) once; then
-    #   "none" forward: write n loss;   "none" backward: read n upstream, write n grad (+ n t-grad);
-    #   "mean"/"sum": write n / BLOCK fp32 partials, with gradients also write n grad (+ n t-grad).
+    #   "none" forward: write n loss;   backward: read n (or 1) upstream, write n grad (+ n t-grad);
+    #   "mean"/"sum": write n / BLOCK partials, with gradients also write n grad (+ n t-grad).
     """
     n_elements = input.numel()
     backward = upstream is not None
-    reduced = options.reduction != "none"
-    compute_grad = options.compute_grad and (backward or reduced)
-    compute_target_grad = options.compute_target_grad and (backward or reduced)
-    grad = torch.empty_like(input) if compute_grad else None
-    grad_target = torch.empty_like(target) if compute_target_grad else None
     n_programs = triton.cdiv(n_elements, BLOCK)
-    # What loss_ptr points to: nothing in backward, one fp32 partial sum per program for
-    # "mean"/"sum", the elementwise loss for "none".
-    if backward:
-        loss_buffer = None
-    elif reduced:
-        loss_buffer = torch.empty(n_programs, dtype=torch.float32, device=input.device)
-    else:
-        loss_buffer = torch.empty(input.shape, dtype=loss_dtype, device=input.device)
-    if n_elements == 0:
-        if reduced and not backward:
-            # torch's empty mean is nan, its empty sum 0.
-            empty_value = math.nan if options.reduction == "mean" else 0.0
-            return (
-                torch.full((), empty_value, dtype=loss_dtype, device=input.device),
-                grad,
-                grad_target,
-            )
-        return loss_buffer, grad, grad_target
-
-    upstream_is_scalar = backward and all(stride == 0 for stride in upstream.stride())
-    if backward and not upstream_is_scalar:
-        upstream = upstream.contiguous()
     _sigmoid_loss_kernel[(n_programs,)](
         input,
         target.view(torch.uint8) if target.dtype == torch.bool else target,
-        weight.buffer if weight is not None else None,
-        pos_weight.buffer if pos_weight is not None else None,
+        weight,
+        pos_weight,
         upstream,
-        loss_buffer,
+        loss,
         grad,
         grad_target,
         n_elements,
-        weight.inner if weight is not None else 1,
-        weight.period if weight is not None else 1,
-        pos_weight.inner if pos_weight is not None else 1,
-        pos_weight.period if pos_weight is not None else 1,
+        options.weight.inner,
+        options.weight.period,
+        options.pos_weight.inner,
+        options.pos_weight.period,
         1.0 / n_elements if options.reduction == "mean" else 1.0,
         options.alpha,
         options.gamma,
         BLOCK=BLOCK,
-        REDUCTION=REDUCTION_CODES[options.reduction],
-        COMPUTE_GRAD=compute_grad,
-        COMPUTE_TARGET_GRAD=compute_target_grad,
-        UPSTREAM_IS_SCALAR=upstream_is_scalar,
+        # Backward runs the elementwise mode whatever the reduction: 'mean' is in the scale.
+        REDUCTION=0 if backward else REDUCTION_CODES[options.reduction],
+        COMPUTE_GRAD=grad is not None,
+        COMPUTE_TARGET_GRAD=grad_target is not None,
+        UPSTREAM_IS_SCALAR=backward and upstream.numel() == 1,
         HAS_WEIGHT=weight is not None,
-        WEIGHT_BROADCAST=weight is not None and weight.broadcast,
+        WEIGHT_BROADCAST=weight is not None and options.weight.broadcast,
         HAS_POS_WEIGHT=pos_weight is not None,
-        POS_WEIGHT_BROADCAST=pos_weight is not None and pos_weight.broadcast,
+        POS_WEIGHT_BROADCAST=pos_weight is not None and options.pos_weight.broadcast,
         FOCAL=options.focal,
         HAS_ALPHA=options.alpha >= 0,
         GAMMA_INT=_constant_gamma(options.gamma),
+        SKIP_IF_UPSTREAM_ONE=skip_if_upstream_is_one,
+        FP64=compute_dtype(torch.promote_types(input.dtype, target.dtype)) == torch.float64,
         num_warps=NUM_WARPS,
     )
-    if reduced and not backward:
-        # The partial sums are already scaled by 1/numel for "mean": one small torch reduction,
-        # deterministic (no atomics), still on the device.
-        return loss_buffer.sum().to(loss_dtype), grad, grad_target
-    return loss_buffer, grad, grad_target
+
+
+# --- The custom op: what torch.compile and CUDA graphs see ---------------------------------------
+# One torch.library custom op runs the kernel, opaque to torch.compile, with a fake
+# implementation and its mutations declared: it writes into the outputs its caller allocated
+# (see kernels/softmax.py, whose ops follow the same pattern).
+
+
+@torch.library.custom_op("lossbench::sigmoid_loss", mutates_args=("loss", "grad", "grad_target"))
+def _sigmoid_loss_op(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    upstream: Tensor | None,
+    loss: Tensor | None,
+    grad: Tensor | None,
+    grad_target: Tensor | None,
+    weight_inner: int,
+    weight_period: int,
+    weight_broadcast: bool,
+    pos_weight_inner: int,
+    pos_weight_period: int,
+    pos_weight_broadcast: bool,
+    reduction: str,
+    focal: bool,
+    alpha: float,
+    gamma: float,
+    skip_if_upstream_is_one: bool,
+) -> None:
+    """One launch of the sigmoid losses' kernel; see ``_launch``."""
+    options = _LossOptions(
+        reduction=reduction,
+        focal=focal,
+        alpha=alpha,
+        gamma=gamma,
+        compute_grad=grad is not None,
+        compute_target_grad=grad_target is not None,
+        weight=_WeightLayout(weight_inner, weight_period, weight_broadcast),
+        pos_weight=_WeightLayout(pos_weight_inner, pos_weight_period, pos_weight_broadcast),
+    )
+    _launch(
+        input,
+        target,
+        weight,
+        pos_weight,
+        options,
+        loss=loss,
+        grad=grad,
+        grad_target=grad_target,
+        upstream=upstream,
+        skip_if_upstream_is_one=skip_if_upstream_is_one,
+    )
+
+
+@_sigmoid_loss_op.register_fake
+def _(*args: object, **kwargs: object) -> None:
+    """It writes its outputs in place: no tensor created, no shape changed."""
+
+
+def _run_op(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    options: _LossOptions,
+    *,
+    loss: Tensor | None = None,
+    grad: Tensor | None = None,
+    grad_target: Tensor | None = None,
+    upstream: Tensor | None = None,
+    skip_if_upstream_is_one: bool = False,
+) -> None:
+    """``_sigmoid_loss_op`` with ``options`` spelled out as its scalar arguments."""
+    _sigmoid_loss_op(
+        input,
+        target,
+        weight,
+        pos_weight,
+        upstream,
+        loss,
+        grad,
+        grad_target,
+        options.weight.inner,
+        options.weight.period,
+        options.weight.broadcast,
+        options.pos_weight.inner,
+        options.pos_weight.period,
+        options.pos_weight.broadcast,
+        options.reduction,
+        options.focal,
+        options.alpha,
+        options.gamma,
+        skip_if_upstream_is_one,
+    )
 
 
 class _SigmoidLossFunction(torch.autograd.Function):
-    """Autograd for both losses; see the module docstring for what each reduction keeps."""
+    """Autograd for both losses; see the module docstring for what each reduction keeps.
+
+    Eager, "mean" and "sum" write the gradients in the forward pass; backward does nothing at an
+    upstream gradient of 1 and otherwise recomputes them from the saved input and target with
+    the upstream folded in (rounded once), as a later backward does too. "none", and "mean" and
+    "sum" under torch.compile, compute them in backward (kernels/softmax.py says why).
+    """
 
     @staticmethod
     def forward(
         ctx: torch.autograd.function.FunctionCtx,
         input: Tensor,
         target: Tensor,
-        weight: _WeightLayout | None,
-        pos_weight: _WeightLayout | None,
+        weight: Tensor | None,
+        pos_weight: Tensor | None,
         options: _LossOptions,
         loss_dtype: torch.dtype,
     ) -> Tensor:
         contiguous_input = input.contiguous()
         contiguous_target = target.contiguous()
-        loss, grad, grad_target = _launch(
-            contiguous_input, contiguous_target, weight, pos_weight, options, loss_dtype
-        )
-        ctx.options = options
-        ctx.weight = weight
-        ctx.pos_weight = pos_weight
-        if options.reduction == "none":
-            ctx.save_for_backward(contiguous_input, contiguous_target)
+        n_elements = contiguous_input.numel()
+        reduced = options.reduction != "none"
+        in_forward = reduced and options.gradient_in_forward
+        grad = grad_target = None
+        if in_forward and options.compute_grad:
+            grad = torch.empty_like(contiguous_input)
+        if in_forward and options.compute_target_grad:
+            grad_target = torch.empty_like(contiguous_target)
+        if reduced:
+            # One partial sum per program, in the compute dtype.
+            dtype = compute_dtype(torch.promote_types(input.dtype, target.dtype))
+            n_programs = -(-n_elements // BLOCK)
+            loss = torch.empty(n_programs, dtype=dtype, device=input.device)
         else:
-            # Handed to backward once, then dropped: a second backward must not reuse a
-            # gradient that was already scaled in place and given to autograd.
-            ctx.gradients = (grad, grad_target)
-        return loss
+            loss = torch.empty(input.shape, dtype=loss_dtype, device=input.device)
+        if n_elements:
+            _run_op(
+                contiguous_input,
+                contiguous_target,
+                weight,
+                pos_weight,
+                options,
+                loss=loss,
+                grad=grad,
+                grad_target=grad_target,
+            )
+        ctx.options = options
+        # Handed to the first backward only: a later one recomputes them.
+        ctx.gradients = (grad, grad_target) if in_forward else None
+        if options.compute_grad or options.compute_target_grad:
+            ctx.save_for_backward(contiguous_input, contiguous_target, weight, pos_weight)
+        if not reduced:
+            return loss
+        if n_elements == 0:
+            # torch's empty mean is nan, its empty sum 0.
+            empty_value = math.nan if options.reduction == "mean" else 0.0
+            return torch.full((), empty_value, dtype=loss_dtype, device=input.device)
+        # The partial sums are already scaled by 1/numel for "mean": one small torch reduction,
+        # deterministic (no atomics), still on the device.
+        return loss.sum().to(loss_dtype)
 
     @staticmethod
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad_output: Tensor
     ) -> tuple[Tensor | None, ...]:
+        check_first_order("reference.sigmoid")
         options: _LossOptions = ctx.options
-        if torch.is_grad_enabled():
-            # Only backward(create_graph=True) records a graph of the backward pass; the kernels'
-            # gradients have none, so a second-order gradient would silently come out as zero.
-            raise RuntimeError(
-                "kernels.sigmoid losses give first-order gradients only: backward with "
-                "create_graph=True (for a second-order gradient) is not supported; use "
-                "reference.sigmoid"
+        contiguous_input, contiguous_target, weight, pos_weight = ctx.saved_tensors
+        gradients, ctx.gradients = ctx.gradients, None
+        written_in_forward = gradients is not None
+        if written_in_forward:
+            grad, grad_target = gradients
+        else:
+            grad = torch.empty_like(contiguous_input) if options.compute_grad else None
+            grad_target = (
+                torch.empty_like(contiguous_target) if options.compute_target_grad else None
             )
-        if options.reduction == "none":
-            contiguous_input, contiguous_target = ctx.saved_tensors
-            _, grad, grad_target = _launch(
+        if contiguous_input.numel():
+            if all(stride == 0 for stride in grad_output.stride()):
+                # A reduced loss's one value, or one value expanded to the input's shape
+                # (loss.sum().backward()): read as that one value.
+                upstream = grad_output[(0,) * grad_output.dim()].reshape(1)
+            else:
+                upstream = grad_output.contiguous().view(-1)
+            _run_op(
                 contiguous_input,
                 contiguous_target,
-                ctx.weight,
-                ctx.pos_weight,
+                weight,
+                pos_weight,
                 options,
-                grad_output.dtype,
-                upstream=grad_output,
+                grad=grad,
+                grad_target=grad_target,
+                upstream=upstream,
+                skip_if_upstream_is_one=written_in_forward,
             )
-        else:
-            if ctx.gradients is None:
-                raise RuntimeError(
-                    f"backward through a kernels.sigmoid loss with reduction={options.reduction!r} "
-                    "a second time: its gradient is computed once, in the forward pass, and was "
-                    "already returned. Recompute the loss instead of retain_graph=True, or use "
-                    "reduction='none' and reduce it yourself."
-                )
-            grad, grad_target = ctx.gradients
-            ctx.gradients = None
-            for gradient in (grad, grad_target):
-                if gradient is not None:
-                    scale_unless_one_(gradient, grad_output)
         return grad, grad_target, None, None, None, None
 
 
@@ -578,6 +736,11 @@ def _sigmoid_loss(
 ) -> Tensor:
     """Lay out the weights, decide the gradients, and run the autograd function."""
     grad_enabled = torch.is_grad_enabled()
+    weight_layout = pos_weight_layout = _NO_WEIGHT
+    if weight is not None:
+        weight, weight_layout = _weight_layout("weight", weight, input.shape)
+    if pos_weight is not None:
+        pos_weight, pos_weight_layout = _weight_layout("pos_weight", pos_weight, input.shape)
     options = _LossOptions(
         reduction=reduction,
         focal=focal,
@@ -585,14 +748,11 @@ def _sigmoid_loss(
         gamma=float(gamma),
         compute_grad=grad_enabled and input.requires_grad,
         compute_target_grad=grad_enabled and target.requires_grad,
+        weight=weight_layout,
+        pos_weight=pos_weight_layout,
+        gradient_in_forward=not torch.compiler.is_compiling(),
     )
-    weight_layout = None if weight is None else _weight_layout("weight", weight, input.shape)
-    pos_weight_layout = (
-        None if pos_weight is None else _weight_layout("pos_weight", pos_weight, input.shape)
-    )
-    return _SigmoidLossFunction.apply(
-        input, target, weight_layout, pos_weight_layout, options, loss_dtype
-    )
+    return _SigmoidLossFunction.apply(input, target, weight, pos_weight, options, loss_dtype)
 
 
 def binary_cross_entropy_with_logits(
@@ -606,11 +766,13 @@ def binary_cross_entropy_with_logits(
     """Binary cross-entropy of logits, fused: torch's function, forward and backward.
 
     Args:
-        input: logits, any shape, fp32/fp16/bf16.
+        input: logits, any shape, fp32/fp16/bf16/fp64.
         target: same shape; any float dtype (soft targets allowed), bool, or uint8 (0/1 labels,
             one byte each: see the module docstring for the bandwidth saved).
         weight: optional, any float dtype, broadcasts to ``input``'s shape without enlarging it.
         reduction: "none" (loss of ``input``'s shape), "mean" (sum / numel) or "sum".
+            Keyword-only, as every argument after ``weight``: torch's fourth positional
+            argument is the deprecated ``size_average``.
         pos_weight: optional weight of the positive term, any float dtype, broadcasts to
             ``input``'s shape; typically (C,) for the size C of the last dimension.
 
@@ -632,10 +794,11 @@ def sigmoid_focal_loss(
     """RetinaNet's sigmoid focal loss, fused: ``torchvision.ops.sigmoid_focal_loss``.
 
     Args:
-        inputs: logits, any shape, fp32/fp16/bf16.
+        inputs: logits, any shape, fp32/fp16/bf16/fp64.
         targets: same shape; any float dtype (soft targets allowed), bool, or uint8.
         alpha: weight of positives in [0, 1] (negatives get 1 - alpha); negative: no weighting.
-        gamma: focusing exponent >= 0 on 1 - p_t; gamma = 0 and alpha < 0 give BCE with logits.
+        gamma: focusing exponent, finite and >= 0, on 1 - p_t; gamma = 0 and alpha < 0 give
+            BCE with logits.
         reduction: "none" (loss of ``inputs``' shape, torchvision's default), "mean" or "sum".
 
     Returns:

@@ -12,11 +12,16 @@ Both losses share one gradient form, per row and class j (w: per-class weight, o
 
 with per-row T, B, K derived in ``_row_terms``. The kernel reads a row, reduces it to its max m and
 log-sum log(sum_c exp(x_c - m)), computes the loss and T, B, K, then writes the gradient row,
-already divided by the 'mean' denominator, during the forward pass. Backward only multiplies by the
-upstream gradient, and not even that when it is 1 (``kernels._common.scale_unless_one_``).
-So forward+backward reads the logits once and writes the gradient once, with no host
-synchronisation: the 'mean' denominator is reduced on the device before the launch and read by
-pointer.
+already divided by the 'mean' denominator, during the forward pass. Backward launches the kernel
+again, and its programs leave at once when the upstream gradient is 1 (what ``loss.backward()``
+passes): no traffic. Any other upstream gradient rewrites the gradient from the saved logits and
+row statistics with the upstream folded in, so that it is rounded once (a stored 16-bit gradient
+multiplied in place would be rounded twice). So forward+backward reads the logits once and
+writes the gradient once, with no host synchronisation: the 'mean' denominator is reduced on the
+device before the launch and read by pointer. The loss keeps a reference to its logits until
+backward; inplace_backward=True writes the gradient over them instead (no memory beyond O(N)),
+and then an upstream gradient other than 1 scales it in place (``_common.scale_unless_one_``),
+rounding it a second time.
 
 Paths, chosen from C (constants below):
 
@@ -26,15 +31,28 @@ Paths, chosen from C (constants below):
   rescaled sum), then a second pass that writes the gradient: the logits are read twice, the
   second time last chunk first, so that the most recently read chunks are still in L2.
 
-reduction='none' cannot fold its upstream gradient into the forward pass: forward saves each row's
-max and log-sum (O(N)) and backward recomputes p from the logits and scales each row by its own
-upstream gradient.
+reduction='none' cannot fold its upstream gradient into the forward pass: backward recomputes p
+from the logits and scales each row by its own upstream gradient. A row held in registers gets
+its max and log-sum again on the way (one read of the logits); a longer row reads them from
+memory, saved by the forward pass (O(N)), so that backward reads its logits once, not twice.
+Under torch.compile 'mean' and 'sum' do the same (see _SoftmaxLossFunction).
 
-Numerics: fp32 inside whatever the input dtype; the gradient is stored in the input dtype. The
-true-class terms use p_y - 1 = expm1(log p_y) and log-sum = log1p(rest), rest being the sum over
-the classes below the max, so that p_y close to 1 keeps its precision (the bf16 cancellation trap
-of softmax(x_y) - 1). p_j = exp(x_j - m) / sum, never exp(x_j - lse): with logits near 1e4, lse
-carries an absolute error of 1e-3 and exp(x_j - lse) a relative one.
+Targets of class probabilities (``input``'s shape) have a kernel of their own,
+``_softmax_probability_loss_kernel``: logits and probabilities read once, the gradients with
+respect to both written once, with the same paths and the same backward.
+
+Numerics: fp32 inside for fp16, bf16 and fp32 logits, fp64 for fp64 ones (so that
+``torch.autograd.gradcheck`` applies); the gradient is stored in the input dtype. The true-class
+terms use p_y - 1 = expm1(log p_y) and log-sum = log1p(rest), rest being the sum over the classes
+below the max, so that p_y close to 1 keeps its precision (the bf16 cancellation trap of
+softmax(x_y) - 1). p_j = exp(x_j - m) / sum, never exp(x_j - lse): with logits near 1e4, lse
+carries an absolute error of 1e-3 and exp(x_j - lse) a relative one. Non-finite logits give
+torch's results (see reference/softmax.py): a row with +inf, or with no finite logit, is nan,
+loss and gradient; -inf elsewhere is a masked class.
+
+Every launch is a torch.library custom op (below the launchers): torch.compile sees opaque ops
+and traces the rest without a graph break, and forward and backward capture in a CUDA graph.
+Gradients are first order: backward with ``create_graph=True`` raises.
 """
 
 from __future__ import annotations
@@ -45,21 +63,27 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
 from lossbench.kernels._common import (
     INTERPRETED,
     REDUCTION_CODES,
+    check_first_order,
     check_kernel_device,
     check_no_gradient_wanted,
     scale_unless_one_,
+    to_compute_dtype,
 )
 from lossbench.reference import softmax as reference_softmax
 from lossbench.reference._checks import (
+    check_alpha_values,
     check_class_index_target,
+    check_class_index_values,
     check_floating,
+    check_focal_options,
+    check_no_ignore_index_for_probabilities,
     check_per_class,
     check_reduction,
+    compute_dtype,
 )
 
 # Rows up to this many classes stay in registers, one read. The register file of an H100/H200 SM
@@ -86,7 +110,7 @@ TILE_ELEMENTS = 4096
 ELEMENTS_PER_THREAD = 16
 MAX_NUM_WARPS = 32
 
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _MEAN: tl.constexpr = tl.constexpr(REDUCTION_CODES["mean"])
 
 
@@ -95,39 +119,92 @@ _MEAN: tl.constexpr = tl.constexpr(REDUCTION_CODES["mean"])
 
 @triton.jit
 def _expm1(t):
-    """exp(t) - 1, without cancellation when |t| is small."""
-    # For |t| < 0.1, the series to t^5/5! leaves a relative error below t^5/6! < 1.4e-8 (fp32
-    # spacing is 6e-8); beyond, exp(t) - 1 loses at most a factor 1/0.1 of exp's relative error.
-    series = t * (1.0 + t * (0.5 + t * (1.0 / 6.0 + t * (1.0 / 24.0 + t * (1.0 / 120.0)))))
-    return tl.where(tl.abs(t) < 0.1, series, tl.exp(t) - 1.0)
+    """exp(t) - 1 for t <= 0, without cancellation when |t| is small."""
+    if t.dtype == tl.float64:
+        # Kahan's expm1: (u - 1) t / log(u) with u = exp(t) rounded, exact to a few ulps in any
+        # precision whose exp and log are accurate (libdevice's and numpy's fp64 are; the GPU's
+        # fast fp32 log is not, hence the series below). u = 1 means |t| < ulp: expm1(t) = t;
+        # u = 0 means t below -745: -1. Neither lane ever evaluates log(0) or a 0 / 0.
+        u = tl.exp(t)
+        ordinary = (u != 1.0) & (u != 0.0)
+        kahan = (u - 1.0) * (t / tl.log(tl.where(ordinary, u, 2.0)))
+        result = tl.where(u == 1.0, t, tl.where(u == 0.0, -1.0, kahan))
+    else:
+        # For |t| < 0.1, the series to t^5/5! leaves a relative error below t^5/6! < 1.4e-8
+        # (fp32 spacing is 6e-8); beyond, exp(t) - 1 loses at most a factor 1/0.1 of exp's
+        # relative error.
+        series = t * (1.0 + t * (0.5 + t * (1.0 / 6.0 + t * (1.0 / 24.0 + t * (1.0 / 120.0)))))
+        result = tl.where(tl.abs(t) < 0.1, series, tl.exp(t) - 1.0)
+    return result
 
 
 @triton.jit
 def _log1p(u):
     """log(1 + u) for u >= 0, without the rounding of 1 + u when u is small."""
-    # For u < 0.1, the alternating series to u^7/7 leaves a relative error below u^7/8 < 1.3e-8.
-    # Beyond, log(1 + u) >= 0.095, so the absolute error of a fast GPU log stays relatively small.
-    series = u * (
-        1.0
-        - u * (0.5 - u * (1.0 / 3.0 - u * (0.25 - u * (0.2 - u * (1.0 / 6.0 - u * (1.0 / 7.0))))))
-    )
-    return tl.where(u < 0.1, series, tl.log(1.0 + u))
+    if u.dtype == tl.float64:
+        # log(1 + u) corrected by the rounding error of 1 + u, which Fast2Sum gives exactly:
+        # log1p(u) = log(s) + (u - (s - 1)) / s up to its square, s = 1 + u rounded (Goldberg
+        # 1991, the log1p discussion); exact to an ulp or two with an accurate fp64 log.
+        one_plus_u = 1.0 + u
+        result = tl.log(one_plus_u) + (u - (one_plus_u - 1.0)) / one_plus_u
+    else:
+        # For u < 0.1, the alternating series to u^7/7 leaves a relative error below
+        # u^7/8 < 1.3e-8. Beyond, log(1 + u) >= 0.095, so the absolute error of a fast GPU log
+        # stays relatively small.
+        series = u * (
+            1.0
+            - u
+            * (0.5 - u * (1.0 / 3.0 - u * (0.25 - u * (0.2 - u * (1.0 / 6.0 - u * (1.0 / 7.0))))))
+        )
+        result = tl.where(u < 0.1, series, tl.log(1.0 + u))
+    return result
 
 
 # --- Kernel building blocks -------------------------------------------------------------------
 
 
 @triton.jit
-def _class_weights(class_weight_ptr, classes, class_mask, HAS_WEIGHT: tl.constexpr):
-    """The per-class weights of one chunk of classes, fp32 (ones without a weight)."""
+def _class_weights(
+    class_weight_ptr, classes, class_mask, HAS_WEIGHT: tl.constexpr, FP64: tl.constexpr
+):
+    """The per-class weights of one chunk of classes in the compute dtype (ones without a
+    weight), 0 on masked lanes."""
     if HAS_WEIGHT:
-        return tl.load(class_weight_ptr + classes, mask=class_mask, other=0.0).to(tl.float32)
-    return tl.where(class_mask, 1.0, 0.0)
+        weights = tl.load(class_weight_ptr + classes, mask=class_mask, other=0.0)
+        return to_compute_dtype(weights, FP64)
+    return to_compute_dtype(tl.where(class_mask, 1.0, 0.0), FP64)
+
+
+@triton.jit
+def _fold_gaps(x, weights, mask, row_max, new_max, gap_sum, weight_sum):
+    """Fold one chunk into each row's sum_c v_c (m - x_c) and sum_c v_c: label smoothing's sum
+    (v = the class weights w) and a probability target's (v = w q').
+
+    x: (ROWS, BLOCK_C) logits; weights: v, (1 or ROWS, BLOCK_C); mask: (ROWS, BLOCK_C), the lanes
+    that exist. Every term is non-negative, so nothing cancels; a rising max rebases the sum,
+    sum v (m_new - x) = sum v (m_old - x) + (m_new - m_old) sum v. A class at -inf contributes
+    +inf (its log p is -inf), as in torch; a lane that does not exist contributes 0, and never
+    as 0 x inf (which would make a nan, and a numpy warning in the interpreter).
+    """
+    finite_new = tl.where(new_max == float("-inf"), 0.0, new_max)
+    finite_old = tl.where(row_max == float("-inf"), finite_new, row_max)
+    gap = tl.where(mask, finite_new[:, None] - x, 0.0)  # m - x, +inf where x = -inf
+    gap_sum = gap_sum + (finite_new - finite_old) * weight_sum + tl.sum(weights * gap, axis=1)
+    weight_sum = weight_sum + tl.sum(tl.where(mask, weights, 0.0), axis=1)
+    return gap_sum, weight_sum
 
 
 @triton.jit
 def _fold_chunk(
-    x, class_weight, class_mask, row_max, rest, smooth, weight_seen, LABEL_SMOOTHING: tl.constexpr
+    x,
+    class_weight,
+    class_mask,
+    row_mask,
+    row_max,
+    rest,
+    smooth,
+    weight_seen,
+    LABEL_SMOOTHING: tl.constexpr,
 ):
     """Fold one chunk of logits, x of shape (ROWS, BLOCK_C), into each row's running statistics.
 
@@ -143,25 +220,27 @@ def _fold_chunk(
     # makes a nan (such a row's rest is discarded by the rescaling once a finite logit arrives).
     finite_max = tl.where(new_max == float("-inf"), 0.0, new_max)
     at_max = x == new_max[:, None]
-    ties = tl.sum(at_max.to(tl.float32), axis=1)
+    ties = tl.sum(at_max.to(x.dtype), axis=1)
     below = tl.sum(tl.where(at_max, 0.0, tl.exp(x - finite_max[:, None])), axis=1)
     # A new max turns the old "1 + rest" into (1 + rest) e^(m_old - m_new) and brings its own 1.
     rescaled = (1.0 + rest) * tl.exp(row_max - finite_max)
     rest = tl.where(chunk_max > row_max, rescaled + (ties - 1.0), rest + ties) + below
     if LABEL_SMOOTHING:
-        # Rebase sum_c w_c (m - x_c) from the old max to the new one, then add this chunk's terms.
-        # A class at -inf contributes +inf (its log p is -inf), as in torch.
-        rebase = tl.where(row_max == float("-inf"), 0.0, (new_max - row_max) * weight_seen)
-        gap = tl.where(x == float("-inf"), float("inf"), new_max[:, None] - x)
-        terms = tl.where(class_mask[None, :], class_weight[None, :] * gap, 0.0)
-        smooth = smooth + rebase + tl.sum(terms, axis=1)
-        weight_seen = weight_seen + tl.sum(class_weight, axis=0)
+        smooth, weight_seen = _fold_gaps(
+            x,
+            class_weight[None, :],
+            row_mask[:, None] & class_mask[None, :],
+            row_max,
+            new_max,
+            smooth,
+            weight_seen,
+        )
     return new_max, rest, smooth, weight_seen
 
 
 @triton.jit
 def _row_terms(
-    row_max,
+    finite_max,
     log_sum,
     target_logit,
     target_weight,
@@ -183,9 +262,10 @@ def _row_terms(
     scale_weighted multiplies what torch's 'mean' divides by sum_i w_{y_i} (the weighted
     cross-entropy and smoothing terms); scale_count what it divides by the count of non-ignored
     rows (z-loss, focal). Both are 1 for 'sum', the inverse denominators for 'mean', and the row's
-    upstream gradient in 'none' backward. Returns (loss, T, B, K, p_y - 1), each of shape (ROWS,).
+    upstream gradient in backward. finite_max: the row's max, 0 for a row with no finite logit
+    (whose results the caller replaces). Returns (loss, T, B, K, p_y - 1), each of shape (ROWS,).
     """
-    nll = (row_max - target_logit) + log_sum  # -log p_y = logsumexp(x) - x_y >= 0
+    nll = (finite_max - target_logit) + log_sum  # -log p_y = logsumexp(x) - x_y >= 0
     log_p = -nll
     p_minus_one = _expm1(log_p)  # p_y - 1, exact near p_y = 1 where softmax(x_y) - 1 cancels
     prob_coef = tl.zeros_like(nll)
@@ -195,16 +275,19 @@ def _row_terms(
         #   dL/dx_j = a [(1-p)^g - g p (1-p)^(g-1) log p] (p_j - [j == y])
         #           = a (1-p)^g [1 - g p log(p) / (1-p)] (p_j - [j == y]).
         # The second form avoids (1-p)^(g-1), infinite at p = 1 when g < 1; there
-        # log(p) / (1-p) -> -1 and T -> a 0^g (1 + g): 0 for g > 0, a for g = 0 (plain CE).
+        # p log(p) / (1-p) -> -1 and T -> a 0^g (1 + g): 0 for g > 0, a for g = 0 (plain CE).
+        # At p = 0 (a true logit at -inf) p log(p) / (1-p) -> 0 and T -> a: the gradient's limit
+        # a (p_j - [j == y]), not the 0 x -inf of the formula.
         one_minus_p = -p_minus_one
         has_mass = one_minus_p > 0.0
         safe_base = tl.where(has_mass, one_minus_p, 1.0)
         zero_power = tl.where(gamma == 0.0, 1.0, 0.0)  # 0^g
         modulating = tl.where(has_mass, tl.exp(gamma * tl.log(safe_base)), zero_power)
-        log_ratio = tl.where(has_mass, log_p / safe_base, -1.0)  # log(p) / (1-p)
+        finite_log_p = tl.where(log_p == float("-inf"), 0.0, log_p)
+        p_log_ratio = tl.where(has_mass, tl.exp(finite_log_p) * finite_log_p / safe_base, -1.0)
         alpha = target_weight * focal_alpha
         loss = alpha * modulating * nll * scale_count
-        true_coef = alpha * modulating * (1.0 - gamma * tl.exp(log_p) * log_ratio) * scale_count
+        true_coef = alpha * modulating * (1.0 - gamma * p_log_ratio) * scale_count
     else:
         # Torch's cross-entropy with weight w and label smoothing e over C classes, per row:
         #   L = (1-e) w_y (lse - x_y) + (e/C) sum_c w_c (lse - x_c)
@@ -224,28 +307,30 @@ def _row_terms(
             class_coef += uniform * scale_weighted
         loss = loss * scale_weighted
         if Z_LOSS:
-            lse = row_max + log_sum
+            lse = finite_max + log_sum
             loss += z_loss_scale * lse * lse * scale_count
             prob_coef += 2.0 * z_loss_scale * lse * scale_count
     return loss, true_coef, prob_coef, class_coef, p_minus_one
 
 
 @triton.jit
-def _gradient_coefficients(
-    true_coef, prob_coef, class_coef, p_minus_one, log_sum, active, out_of_range
-):
+def _gradient_coefficients(true_coef, prob_coef, class_coef, p_minus_one, log_sum, active, nan_row):
     """Fold 1/sum and the row's fate into T, B, K, so that the gradient pass keeps few per-row
     values live: grad_j = prob_scale exp(x_j - m) (j != y), target_value (j == y), less K w_j.
 
-    Ignored rows get 0 and rows with a label outside [0, C) (possible only on a GPU) nan, through
-    the coefficients: nan x exp(...) is nan even where exp(...) is 0.
+    Ignored rows get 0; ``nan_row`` rows nan (a label outside [0, C), possible only on a GPU,
+    or logits without a softmax, ignored or not, as torch), through the coefficients:
+    nan x exp(...) is nan even where exp(...) is 0.
     """
-    fill = tl.where(out_of_range, float("nan"), 0.0)
+    computed = active & ~nan_row
+    fill = tl.where(nan_row, float("nan"), 0.0)
     # At j == y: T (p_y - 1) + B p_y with p_y - 1 from expm1, exact near p_y = 1 where
     # softmax(x_y) - 1 cancels.
-    target_value = tl.where(active, true_coef * p_minus_one + prob_coef * (1.0 + p_minus_one), fill)
-    prob_scale = tl.where(active, (true_coef + prob_coef) * tl.exp(-log_sum), fill)
-    class_coef = tl.where(active, class_coef, fill)
+    target_value = tl.where(
+        computed, true_coef * p_minus_one + prob_coef * (1.0 + p_minus_one), fill
+    )
+    prob_scale = tl.where(computed, (true_coef + prob_coef) * tl.exp(-log_sum), fill)
+    class_coef = tl.where(computed, class_coef, fill)
     return prob_scale, target_value, class_coef
 
 
@@ -285,10 +370,10 @@ def _softmax_loss_kernel(
     target_ptr,  # (N, S) integer: class indices, or ignore_index
     class_weight_ptr,  # (C,) float: CE weight or focal alpha per class; read when HAS_WEIGHT
     class_weight_total_ptr,  # () fp32: sum of class_weight; when HAS_WEIGHT and LABEL_SMOOTHING
-    inverse_denominators_ptr,  # (2,) fp32: 1 / sum of w_y, 1 / count, non-ignored rows; 'mean'
-    upstream_ptr,  # (N*S,) float, any stride: each row's upstream gradient; when BACKWARD
-    row_stats_ptr,  # (N*S, 2) fp32: row max, log-sum; written when SAVE_STATS, read when BACKWARD
-    loss_ptr,  # (N*S,) fp32 or input dtype: each row's loss (its share of a 'mean'); forward only
+    inverse_denominators_ptr,  # (2,) compute dtype: 1 / sum of w_y, 1 / count of counted rows
+    upstream_ptr,  # (N*S,) float, any stride (0: a reduced loss's one value): when BACKWARD
+    row_stats_ptr,  # (N*S, 2) compute dtype: row max, log-sum; SAVE_STATS writes, LOAD_STATS reads
+    loss_ptr,  # (N*S,) compute or input dtype: each row's loss (its share of a 'mean'); forward
     grad_ptr,  # (N, C, S) input dtype, its own strides: d loss / d logits, when COMPUTE_GRAD
     n_rows,  # N*S
     n_classes,  # C
@@ -314,14 +399,23 @@ def _softmax_loss_kernel(
     REDUCTION: tl.constexpr,  # REDUCTION_CODES; 'mean' reads inverse_denominators_ptr
     COMPUTE_GRAD: tl.constexpr,  # write the gradient
     SAVE_STATS: tl.constexpr,  # write each row's max and log-sum for a later backward
-    BACKWARD: tl.constexpr,  # 'none' backward: statistics and upstream from memory, no loss
+    BACKWARD: tl.constexpr,  # backward: the upstream from memory, the gradient, no loss
+    LOAD_STATS: tl.constexpr,  # BACKWARD reads each row's statistics (else computes them again)
+    SKIP_IF_UPSTREAM_ONE: tl.constexpr,  # BACKWARD of a gradient already written for upstream 1
     HAS_SPATIAL: tl.constexpr,  # S > 1: a row index splits into (sample, position)
     SINGLE_CHUNK: tl.constexpr,  # C <= BLOCK_C: whole rows in registers, one read
     ROWS_PER_PROGRAM: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    FP64: tl.constexpr,  # compute in float64 (float64 logits), else in float32
 ):
     """Each program handles ROWS_PER_PROGRAM rows, BLOCK_C classes at a time (all at once when
     SINGLE_CHUNK): their losses, and their gradient rows when COMPUTE_GRAD."""
+    if SKIP_IF_UPSTREAM_ONE:  # noqa: SIM102 (a constexpr: upstream_ptr may be None without it)
+        # The forward pass wrote the gradient for an upstream gradient of 1: with that upstream
+        # (what loss.backward() passes) there is nothing to do, and no byte to move. Any other
+        # upstream recomputes the gradient with it folded in, rounded once.
+        if tl.load(upstream_ptr).to(tl.float32) == 1.0:
+            return
     # int64 before any multiplication by a stride: row * stride exceeds 2^31 once N x C does, and
     # an int32 product would wrap and read or write another part of memory.
     rows = tl.program_id(0).to(tl.int64) * ROWS_PER_PROGRAM + tl.arange(0, ROWS_PER_PROGRAM)
@@ -347,29 +441,33 @@ def _softmax_loss_kernel(
     # host sync, so such a row's loss and gradient become nan. They are never used as an index:
     # every load below that takes the target as an offset is masked by `active`.
     out_of_range = ~ignored & ~in_range
-    target_logit = tl.load(
-        logits_ptr + logits_row + target * stride_logits_c, mask=active, other=0.0
-    ).to(tl.float32)
+    target_logit = to_compute_dtype(
+        tl.load(logits_ptr + logits_row + target * stride_logits_c, mask=active, other=0.0), FP64
+    )
+    zeros = tl.zeros_like(target_logit)  # (ROWS,) in the compute dtype
     if HAS_WEIGHT:
-        target_weight = tl.load(class_weight_ptr + target, mask=active, other=0.0).to(tl.float32)
+        target_weight = to_compute_dtype(
+            tl.load(class_weight_ptr + target, mask=active, other=0.0), FP64
+        )
     else:
-        target_weight = tl.full([ROWS_PER_PROGRAM], 1.0, tl.float32)
+        target_weight = zeros + 1.0
     if HAS_WEIGHT and LABEL_SMOOTHING:
         weight_total = tl.load(class_weight_total_ptr)
     else:
         weight_total = n_classes * 1.0
 
     if BACKWARD:
-        scale_weighted = tl.load(
-            upstream_ptr + rows * stride_upstream, mask=row_mask, other=0.0
-        ).to(tl.float32)
+        upstream = tl.load(upstream_ptr + rows * stride_upstream, mask=row_mask, other=0.0)
+        scale_weighted = to_compute_dtype(upstream, FP64)
         scale_count = scale_weighted
+        if REDUCTION == _MEAN:
+            scale_weighted = scale_weighted * tl.load(inverse_denominators_ptr)
+            scale_count = scale_count * tl.load(inverse_denominators_ptr + 1)
     elif REDUCTION == _MEAN:
-        no_scale = tl.zeros([ROWS_PER_PROGRAM], tl.float32)
-        scale_weighted = no_scale + tl.load(inverse_denominators_ptr)
-        scale_count = no_scale + tl.load(inverse_denominators_ptr + 1)
+        scale_weighted = zeros + tl.load(inverse_denominators_ptr)
+        scale_count = zeros + tl.load(inverse_denominators_ptr + 1)
     else:
-        scale_weighted = tl.full([ROWS_PER_PROGRAM], 1.0, tl.float32)
+        scale_weighted = zeros + 1.0
         scale_count = scale_weighted
 
     classes = tl.arange(0, BLOCK_C)
@@ -380,22 +478,31 @@ def _softmax_loss_kernel(
             logits_ptr + logits_row[:, None] + classes[None, :].to(tl.int64) * stride_logits_c,
             mask=row_mask[:, None] & class_mask[None, :],
             other=float("-inf"),
-        ).to(tl.float32)
+        )
+        x = to_compute_dtype(x, FP64)
         class_weight = _class_weights(
-            class_weight_ptr, classes, class_mask, HAS_WEIGHT and LABEL_SMOOTHING
+            class_weight_ptr, classes, class_mask, HAS_WEIGHT and LABEL_SMOOTHING, FP64
         )
 
-    smooth = tl.zeros([ROWS_PER_PROGRAM], tl.float32)
-    if BACKWARD:
+    smooth = zeros
+    if LOAD_STATS:
         row_max = tl.load(row_stats_ptr + 2 * rows, mask=row_mask, other=0.0)
         log_sum = tl.load(row_stats_ptr + 2 * rows + 1, mask=row_mask, other=0.0)
     else:
-        row_max = tl.full([ROWS_PER_PROGRAM], float("-inf"), tl.float32)
-        rest = tl.zeros([ROWS_PER_PROGRAM], tl.float32)
-        weight_seen = tl.zeros([ROWS_PER_PROGRAM], tl.float32)
+        row_max = zeros + float("-inf")
+        rest = zeros
+        weight_seen = zeros
         if SINGLE_CHUNK:
             row_max, rest, smooth, weight_seen = _fold_chunk(
-                x, class_weight, class_mask, row_max, rest, smooth, weight_seen, LABEL_SMOOTHING
+                x,
+                class_weight,
+                class_mask,
+                row_mask,
+                row_max,
+                rest,
+                smooth,
+                weight_seen,
+                LABEL_SMOOTHING,
             )
         else:
             for start in range(0, n_classes, BLOCK_C):
@@ -407,17 +514,29 @@ def _softmax_loss_kernel(
                     + chunk[None, :].to(tl.int64) * stride_logits_c,
                     mask=row_mask[:, None] & class_mask[None, :],
                     other=float("-inf"),
-                ).to(tl.float32)
+                )
+                x = to_compute_dtype(x, FP64)
                 class_weight = _class_weights(
-                    class_weight_ptr, chunk, class_mask, HAS_WEIGHT and LABEL_SMOOTHING
+                    class_weight_ptr, chunk, class_mask, HAS_WEIGHT and LABEL_SMOOTHING, FP64
                 )
                 row_max, rest, smooth, weight_seen = _fold_chunk(
-                    x, class_weight, class_mask, row_max, rest, smooth, weight_seen, LABEL_SMOOTHING
+                    x,
+                    class_weight,
+                    class_mask,
+                    row_mask,
+                    row_max,
+                    rest,
+                    smooth,
+                    weight_seen,
+                    LABEL_SMOOTHING,
                 )
         log_sum = _log1p(rest)
 
+    # A row with no finite logit (a padding row among them) has m = -inf: shift by 0 there, so
+    # that no -inf - -inf or 0 x -inf is evaluated (its loss and gradient are decided below).
+    finite_max = tl.where(row_max == float("-inf"), 0.0, row_max)
     loss, true_coef, prob_coef, class_coef, p_minus_one = _row_terms(
-        row_max,
+        finite_max,
         log_sum,
         target_logit,
         target_weight,
@@ -435,20 +554,28 @@ def _softmax_loss_kernel(
         Z_LOSS,
     )
 
+    # A row without a softmax (a logit at +inf, or none finite: its max is not finite) has a nan
+    # loss and a nan gradient, as in torch, even when ignored (torch's log_softmax backward is
+    # nan there whatever flows into it). A nan logit makes the row's sums nan by itself.
+    no_softmax = (row_max == float("inf")) | (row_max == float("-inf"))
+    nan_row = out_of_range | no_softmax
     if not BACKWARD:
         # An ignored row adds 0 x the 'mean' scale: 0 x 1/0 = nan when no row counts, which is
         # torch's 0/0 for a 'mean' over nothing.
         ignored_loss = 0.0 * scale_count if FOCAL else 0.0 * scale_weighted
-        loss = tl.where(active, loss, tl.where(out_of_range, float("nan"), ignored_loss))
+        loss = tl.where(
+            active & ~no_softmax,
+            loss,
+            tl.where(out_of_range | (active & no_softmax), float("nan"), ignored_loss),
+        )
         tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_mask)
         if SAVE_STATS:
             tl.store(row_stats_ptr + 2 * rows, row_max, mask=row_mask)
             tl.store(row_stats_ptr + 2 * rows + 1, log_sum, mask=row_mask)
 
     if COMPUTE_GRAD:
-        finite_max = tl.where(row_max == float("-inf"), 0.0, row_max)
         prob_scale, target_value, class_coef = _gradient_coefficients(
-            true_coef, prob_coef, class_coef, p_minus_one, log_sum, active, out_of_range
+            true_coef, prob_coef, class_coef, p_minus_one, log_sum, active, nan_row
         )
         if SINGLE_CHUNK:
             _store_gradient(
@@ -479,9 +606,10 @@ def _softmax_loss_kernel(
                     + chunk[None, :].to(tl.int64) * stride_logits_c,
                     mask=row_mask[:, None] & class_mask[None, :],
                     other=float("-inf"),
-                ).to(tl.float32)
+                )
+                x = to_compute_dtype(x, FP64)
                 class_weight = _class_weights(
-                    class_weight_ptr, chunk, class_mask, HAS_WEIGHT and LABEL_SMOOTHING
+                    class_weight_ptr, chunk, class_mask, HAS_WEIGHT and LABEL_SMOOTHING, FP64
                 )
                 _store_gradient(
                     grad_ptr,
@@ -501,12 +629,304 @@ def _softmax_loss_kernel(
                 )
 
 
-# --- Launcher ---------------------------------------------------------------------------------
+# --- Probability targets ------------------------------------------------------------------------
+# A target q of the logits' shape holds class probabilities (soft labels: distillation, mixup).
+# With class weights w, label smoothing e and q' = (1 - e) q + e / C (torch's), per row:
+#
+#     L = -sum_c v_c log p_c = sum_c v_c (m - x_c) + V log-sum,    v = w q',  V = sum_c v_c
+#     dL/dx_j = V p_j - v_j                       dL/dq_j = -(1 - e) w_j log p_j
+#
+# and 'mean' divides by the number of rows N*S whatever the weights (torch's convention for
+# probability targets). Both sums of the loss have non-negative terms when q >= 0 (no
+# cancellation), gathered by _fold_gaps as label smoothing's are.
+
+
+@triton.jit
+def _probability_weights(
+    target_ptr,
+    target_offsets,
+    mask,
+    class_weight_ptr,
+    classes,
+    class_mask,
+    n_classes,
+    label_smoothing,
+    HAS_WEIGHT: tl.constexpr,
+    LABEL_SMOOTHING: tl.constexpr,
+    FP64: tl.constexpr,
+):
+    """v = w q' for one chunk of rows (0 where ``mask`` is off), and w, (1, BLOCK_C)."""
+    q = to_compute_dtype(tl.load(target_ptr + target_offsets, mask=mask, other=0.0), FP64)
+    w = _class_weights(class_weight_ptr, classes, class_mask, HAS_WEIGHT, FP64)[None, :]
+    if LABEL_SMOOTHING:
+        q = (1.0 - label_smoothing) * q + label_smoothing / n_classes
+    return tl.where(mask, w * q, 0.0), w
+
+
+@triton.jit
+def _store_probability_gradients(
+    grad_ptr,
+    target_grad_ptr,
+    grad_offsets,
+    target_grad_offsets,
+    mask,
+    x,
+    v,
+    w,
+    finite_max,
+    log_sum,
+    row_scale,
+    prob_scale,
+    target_scale,
+    COMPUTE_GRAD: tl.constexpr,
+    COMPUTE_TARGET_GRAD: tl.constexpr,
+):
+    """Write s (V p_j - v_j) and -s (1 - e) w_j log p_j for one chunk of each row (s: the row's
+    scale; prob_scale = s V / sum, target_scale = s (1 - e), both nan on rows without a
+    softmax)."""
+    if COMPUTE_GRAD:
+        grad = prob_scale[:, None] * tl.exp(x - finite_max[:, None]) - row_scale[:, None] * v
+        tl.store(grad_ptr + grad_offsets, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+    if COMPUTE_TARGET_GRAD:
+        # -log p_j = (m - x_j) + log-sum: +inf for a class at -inf, as torch's.
+        minus_log_p = tl.where(mask, finite_max[:, None] - x, 0.0) + log_sum[:, None]
+        target_grad = target_scale[:, None] * w * minus_log_p
+        tl.store(
+            target_grad_ptr + target_grad_offsets,
+            target_grad.to(target_grad_ptr.dtype.element_ty),
+            mask=mask,
+        )
+
+
+@triton.jit
+def _softmax_probability_loss_kernel(
+    logits_ptr,  # (N, C, S) fp32/fp16/bf16/fp64, any strides: the logits
+    target_ptr,  # (N, C, S) any float dtype, any strides: the class probabilities q
+    class_weight_ptr,  # (C,) float: per-class weight w; read when HAS_WEIGHT
+    upstream_ptr,  # (N*S,) float, any stride (0: a reduced loss's one value): when BACKWARD
+    row_stats_ptr,  # (N*S, 3) compute dtype: max, log-sum, V; SAVE_STATS writes, LOAD_STATS reads
+    loss_ptr,  # (N*S,) compute or result dtype: each row's loss (times scale); forward only
+    grad_ptr,  # (N, C, S) logits' dtype, its own strides: d loss / d logits; COMPUTE_GRAD
+    target_grad_ptr,  # (N, C, S) target's dtype, its own strides: d loss / d q; COMPUTE_TARGET_GRAD
+    n_rows,  # N*S
+    n_classes,  # C
+    n_spatial,  # S = d1 x d2 x ..., 1 for (N, C) input
+    stride_logits_n,
+    stride_logits_c,
+    stride_logits_s,
+    stride_target_n,
+    stride_target_c,
+    stride_target_s,
+    stride_grad_n,
+    stride_grad_c,
+    stride_grad_s,
+    stride_target_grad_n,
+    stride_target_grad_c,
+    stride_target_grad_s,
+    stride_upstream,
+    label_smoothing,
+    scale,  # 'mean': 1 / (N*S); 'sum', 'none': 1
+    HAS_WEIGHT: tl.constexpr,
+    LABEL_SMOOTHING: tl.constexpr,  # label_smoothing > 0
+    COMPUTE_GRAD: tl.constexpr,  # write d loss / d logits
+    COMPUTE_TARGET_GRAD: tl.constexpr,  # write d loss / d target
+    SAVE_STATS: tl.constexpr,  # write each row's max, log-sum and V for a later backward
+    BACKWARD: tl.constexpr,  # backward: the upstream from memory, the gradients, no loss
+    LOAD_STATS: tl.constexpr,  # BACKWARD reads each row's statistics (else computes them again)
+    SKIP_IF_UPSTREAM_ONE: tl.constexpr,  # BACKWARD of gradients already written for upstream 1
+    HAS_SPATIAL: tl.constexpr,  # S > 1: a row index splits into (sample, position)
+    SINGLE_CHUNK: tl.constexpr,  # C <= BLOCK_C: whole rows in registers, one read
+    ROWS_PER_PROGRAM: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    FP64: tl.constexpr,  # compute in float64, else in float32
+):
+    """Each program handles ROWS_PER_PROGRAM rows and their target probabilities, BLOCK_C classes
+    at a time (all at once when SINGLE_CHUNK): their losses, and their gradients with respect to
+    the logits and to the target when asked."""
+    if SKIP_IF_UPSTREAM_ONE:  # noqa: SIM102 (as in _softmax_loss_kernel)
+        if tl.load(upstream_ptr).to(tl.float32) == 1.0:
+            return
+    # int64 before any multiplication by a stride (see _softmax_loss_kernel).
+    rows = tl.program_id(0).to(tl.int64) * ROWS_PER_PROGRAM + tl.arange(0, ROWS_PER_PROGRAM)
+    row_mask = rows < n_rows
+    if HAS_SPATIAL:
+        sample = rows // n_spatial
+        position = rows % n_spatial
+        logits_row = sample * stride_logits_n + position * stride_logits_s
+        target_row = sample * stride_target_n + position * stride_target_s
+        grad_row = sample * stride_grad_n + position * stride_grad_s
+        target_grad_row = sample * stride_target_grad_n + position * stride_target_grad_s
+    else:
+        logits_row = rows * stride_logits_n
+        target_row = rows * stride_target_n
+        grad_row = rows * stride_grad_n
+        target_grad_row = rows * stride_target_grad_n
+
+    zeros = to_compute_dtype(tl.zeros([ROWS_PER_PROGRAM], tl.float32), FP64)
+    if BACKWARD:
+        upstream = tl.load(upstream_ptr + rows * stride_upstream, mask=row_mask, other=0.0)
+        row_scale = to_compute_dtype(upstream, FP64) * scale
+    else:
+        row_scale = zeros + scale
+
+    classes = tl.arange(0, BLOCK_C)
+    if SINGLE_CHUNK:
+        # The only read of these rows and their targets.
+        class_mask = classes < n_classes
+        mask = row_mask[:, None] & class_mask[None, :]
+        class_offsets = classes[None, :].to(tl.int64)
+        x = tl.load(
+            logits_ptr + logits_row[:, None] + class_offsets * stride_logits_c,
+            mask=mask,
+            other=float("-inf"),
+        )
+        x = to_compute_dtype(x, FP64)
+        v, w = _probability_weights(
+            target_ptr,
+            target_row[:, None] + class_offsets * stride_target_c,
+            mask,
+            class_weight_ptr,
+            classes,
+            class_mask,
+            n_classes,
+            label_smoothing,
+            HAS_WEIGHT,
+            LABEL_SMOOTHING,
+            FP64,
+        )
+
+    if LOAD_STATS:
+        row_max = tl.load(row_stats_ptr + 3 * rows, mask=row_mask, other=0.0)
+        log_sum = tl.load(row_stats_ptr + 3 * rows + 1, mask=row_mask, other=0.0)
+        weight_sum = tl.load(row_stats_ptr + 3 * rows + 2, mask=row_mask, other=0.0)
+    else:
+        row_max = zeros + float("-inf")
+        rest = zeros
+        gap_sum = zeros
+        weight_sum = zeros
+        if SINGLE_CHUNK:
+            new_max, rest, _, _ = _fold_chunk(
+                x, w, class_mask, row_mask, row_max, rest, zeros, zeros, False
+            )
+            gap_sum, weight_sum = _fold_gaps(x, v, mask, row_max, new_max, gap_sum, weight_sum)
+            row_max = new_max
+        else:
+            for start in range(0, n_classes, BLOCK_C):
+                chunk = start + classes
+                class_mask = chunk < n_classes
+                mask = row_mask[:, None] & class_mask[None, :]
+                class_offsets = chunk[None, :].to(tl.int64)
+                x = tl.load(
+                    logits_ptr + logits_row[:, None] + class_offsets * stride_logits_c,
+                    mask=mask,
+                    other=float("-inf"),
+                )
+                x = to_compute_dtype(x, FP64)
+                v, w = _probability_weights(
+                    target_ptr,
+                    target_row[:, None] + class_offsets * stride_target_c,
+                    mask,
+                    class_weight_ptr,
+                    chunk,
+                    class_mask,
+                    n_classes,
+                    label_smoothing,
+                    HAS_WEIGHT,
+                    LABEL_SMOOTHING,
+                    FP64,
+                )
+                new_max, rest, _, _ = _fold_chunk(
+                    x, w, class_mask, row_mask, row_max, rest, zeros, zeros, False
+                )
+                gap_sum, weight_sum = _fold_gaps(x, v, mask, row_max, new_max, gap_sum, weight_sum)
+                row_max = new_max
+        log_sum = _log1p(rest)
+
+    # No softmax (a logit at +inf, or none finite): a nan loss and nan gradients, as in torch.
+    no_softmax = (row_max == float("inf")) | (row_max == float("-inf"))
+    finite_max = tl.where(row_max == float("-inf"), 0.0, row_max)
+    if not BACKWARD:
+        loss = (gap_sum + weight_sum * log_sum) * row_scale
+        loss = tl.where(no_softmax, float("nan"), loss)
+        tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_mask)
+        if SAVE_STATS:
+            tl.store(row_stats_ptr + 3 * rows, row_max, mask=row_mask)
+            tl.store(row_stats_ptr + 3 * rows + 1, log_sum, mask=row_mask)
+            tl.store(row_stats_ptr + 3 * rows + 2, weight_sum, mask=row_mask)
+
+    if COMPUTE_GRAD or COMPUTE_TARGET_GRAD:
+        prob_scale = tl.where(no_softmax, float("nan"), row_scale * weight_sum * tl.exp(-log_sum))
+        target_scale = tl.where(no_softmax, float("nan"), row_scale * (1.0 - label_smoothing))
+        if SINGLE_CHUNK:
+            _store_probability_gradients(
+                grad_ptr,
+                target_grad_ptr,
+                grad_row[:, None] + class_offsets * stride_grad_c,
+                target_grad_row[:, None] + class_offsets * stride_target_grad_c,
+                mask,
+                x,
+                v,
+                w,
+                finite_max,
+                log_sum,
+                row_scale,
+                prob_scale,
+                target_scale,
+                COMPUTE_GRAD,
+                COMPUTE_TARGET_GRAD,
+            )
+        else:
+            n_chunks = tl.cdiv(n_classes, BLOCK_C)
+            for chunk_from_end in range(0, n_chunks):
+                # Last chunk first: the first pass read it last, so it is the likeliest in L2.
+                chunk = (n_chunks - 1 - chunk_from_end) * BLOCK_C + classes
+                class_mask = chunk < n_classes
+                mask = row_mask[:, None] & class_mask[None, :]
+                class_offsets = chunk[None, :].to(tl.int64)
+                x = tl.load(
+                    logits_ptr + logits_row[:, None] + class_offsets * stride_logits_c,
+                    mask=mask,
+                    other=float("-inf"),
+                )
+                x = to_compute_dtype(x, FP64)
+                v, w = _probability_weights(
+                    target_ptr,
+                    target_row[:, None] + class_offsets * stride_target_c,
+                    mask,
+                    class_weight_ptr,
+                    chunk,
+                    class_mask,
+                    n_classes,
+                    label_smoothing,
+                    HAS_WEIGHT,
+                    LABEL_SMOOTHING,
+                    FP64,
+                )
+                _store_probability_gradients(
+                    grad_ptr,
+                    target_grad_ptr,
+                    grad_row[:, None] + class_offsets * stride_grad_c,
+                    target_grad_row[:, None] + class_offsets * stride_target_grad_c,
+                    mask,
+                    x,
+                    v,
+                    w,
+                    finite_max,
+                    log_sum,
+                    row_scale,
+                    prob_scale,
+                    target_scale,
+                    COMPUTE_GRAD,
+                    COMPUTE_TARGET_GRAD,
+                )
+
+
+# --- Launchers ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _LossOptions:
-    """The non-tensor arguments of one call, checked."""
+    """The non-tensor arguments of one call with class-index targets, checked."""
 
     focal: bool
     ignore_index: int
@@ -519,6 +939,9 @@ class _LossOptions:
     gamma: float = 0.0
     focal_alpha: float = 1.0
     inplace_backward: bool = False
+    # Whether a 'mean' or 'sum' loss writes its gradient in the forward pass (eager) or in
+    # backward (under torch.compile); see _SoftmaxLossFunction.
+    gradient_in_forward: bool = True
 
 
 @dataclass(frozen=True)
@@ -529,48 +952,60 @@ class _BlockShape:
     num_warps: int
 
 
-def _block_shape(n_rows: int, n_classes: int) -> _BlockShape:
+def _block_shape(n_rows: int, n_classes: int, max_fused_c: int = MAX_FUSED_C) -> _BlockShape:
     """Rows per program, classes per chunk and warps for a (n_rows, n_classes) problem."""
-    if n_classes <= MAX_FUSED_C:
+    if n_classes <= max_fused_c:
         block_c = triton.next_power_of_2(n_classes)
         # Short rows: stack them to TILE_ELEMENTS per program, but no more rows than exist.
         rows = min(max(1, TILE_ELEMENTS // block_c), triton.next_power_of_2(n_rows))
         single_chunk = True
     else:
-        block_c, rows, single_chunk = CHUNK_C, 1, False
+        block_c, rows, single_chunk = min(CHUNK_C, max_fused_c), 1, False
     num_warps = min(MAX_NUM_WARPS, max(4, rows * block_c // (32 * ELEMENTS_PER_THREAD)))
     return _BlockShape(rows, block_c, single_chunk, num_warps)
 
 
-def _as_rows(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Views (N, C, S) of the logits and (N, S) of the target; a row is one (n, s).
+def _class_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """A (N, C, S) view of a tensor of the logits' shape; a row is one (n, s).
 
     (C,) becomes (1, C, 1); (N, C) becomes (N, C, 1) with any strides; (N, C, d1, ...) flattens
     d1, ... into S, a view unless their strides cannot merge (then a copy).
     """
+    if tensor.dim() == 1:
+        return tensor[None, :, None]
+    if tensor.dim() == 2:
+        return tensor.unsqueeze(-1)
+    return tensor.flatten(2)
+
+
+def _as_rows(input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views (N, C, S) of the logits and (N, S) of a class-index target (see _class_rows)."""
     if input.dim() == 1:
-        return input[None, :, None], target.reshape(1, 1)
+        return _class_rows(input), target.reshape(1, 1)
     if input.dim() == 2:
-        return input.unsqueeze(-1), target.unsqueeze(-1)
-    return input.flatten(2), target.flatten(1)
+        return _class_rows(input), target.unsqueeze(-1)
+    return _class_rows(input), target.flatten(1)
 
 
 def _inverse_denominators(
-    target: torch.Tensor, class_weight: torch.Tensor | None, options: _LossOptions
+    target: torch.Tensor,
+    class_weight: torch.Tensor | None,
+    options: _LossOptions,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
-    """(2,) fp32 on the device: 1 / sum of w_{y_i} and 1 / count, over non-ignored targets.
+    """(2,) ``dtype`` on the device: 1 / sum of w_{y_i} and 1 / count, over non-ignored targets.
 
     Torch ops over the (N,) targets, no host sync; 1/0 = inf makes a 'mean' over nothing nan.
     Focal loss and unweighted cross-entropy divide by the count in both slots.
     """
     counted = target != options.ignore_index
-    count = counted.sum(dtype=torch.float32)
+    count = counted.sum(dtype=dtype)
     if class_weight is None or options.focal:
         weight_sum = count
     else:
         # clamp: a label out of range (a nan row on the GPU) must not index outside the weight.
-        safe_target = target.clamp(0, class_weight.shape[0] - 1)
-        weight_sum = torch.where(counted, class_weight[safe_target].float(), 0.0).sum()
+        safe_target = target.clamp(0, class_weight.shape[0] - 1).long()
+        weight_sum = torch.where(counted, class_weight[safe_target].to(dtype), 0.0).sum()
     return torch.stack((weight_sum, count)).reciprocal()
 
 
@@ -586,29 +1021,36 @@ def _launch(
     upstream: torch.Tensor | None = None,
     inverse_denominators: torch.Tensor | None = None,
     backward: bool = False,
+    skip_if_upstream_is_one: bool = False,
 ) -> None:
     """Launch ``_softmax_loss_kernel`` over the rows of ``logits`` (N, C, S), ``target`` (N, S).
 
     Forward (``backward=False``) writes ``loss`` (N*S,), and ``grad`` (N, C, S) when given,
-    ``row_stats`` (N*S, 2) when given. Backward reads ``row_stats`` and ``upstream`` (N*S,),
-    any stride, and writes ``grad``. ``grad`` may be ``logits`` itself (inplace_backward).
+    ``row_stats`` (N*S, 2) when given. Backward reads ``upstream`` (N*S,), any stride (0 for a
+    reduced loss's one value), and ``row_stats`` when given (else it computes them again from
+    the logits), and writes ``grad``; with ``skip_if_upstream_is_one`` every program leaves at
+    once when that value is 1. ``grad`` may be ``logits`` itself (inplace_backward).
     """
     # I/O, with b bytes per logit and N the number of rows (N*S for (N, C, S) inputs):
     #   C <= MAX_FUSED_C, forward: read N*C*b logits once + N targets + N*b for the true-class
     #     logit (a gather in the row just read: cache); write N losses (+ N*C*b gradient when
-    #     computing it, + 8N row statistics for a later 'none' backward).
+    #     computing it).
     #   C > MAX_FUSED_C: the same, but with the gradient the logits are read twice (2 N*C*b):
-    #     the row does not fit on chip; the second pass runs last chunk first to hit L2.
-    #   'none' backward: read N*C*b logits + 8N statistics + N targets + N upstream, write N*C*b.
+    #     the row does not fit on chip; the second pass runs last chunk first to hit L2. A
+    #     forward that a backward will follow writes 8N (fp32) row statistics for it.
+    #   backward: read N*C*b logits (+ 8N statistics for C > MAX_FUSED_C) + N targets + N
+    #     upstream, write N*C*b; with skip_if_upstream_is_one and an upstream of 1: read one
+    #     scalar per program.
     # 'mean' adds torch ops over the N targets for the denominators (no host sync).
     n_samples, n_classes, n_spatial = logits.shape
     n_rows = n_samples * n_spatial
     if n_rows == 0:
         return
     shape = _block_shape(n_rows, n_classes)
+    fp64 = logits.dtype == torch.float64
     weight_total = None
     if class_weight is not None and options.label_smoothing > 0:
-        weight_total = class_weight.sum(dtype=torch.float32)
+        weight_total = class_weight.sum(dtype=compute_dtype(logits.dtype))
     grad_strides = grad.stride() if grad is not None else (0, 0, 0)
     grid = (triton.cdiv(n_rows, shape.rows_per_program),)
     _softmax_loss_kernel[grid](
@@ -641,25 +1083,309 @@ def _launch(
         COMPUTE_GRAD=grad is not None,
         SAVE_STATS=row_stats is not None and not backward,
         BACKWARD=backward,
+        LOAD_STATS=backward and row_stats is not None,
+        SKIP_IF_UPSTREAM_ONE=skip_if_upstream_is_one,
         HAS_SPATIAL=n_spatial > 1,
         SINGLE_CHUNK=shape.single_chunk,
         ROWS_PER_PROGRAM=shape.rows_per_program,
         BLOCK_C=shape.block_c,
+        FP64=fp64,
         num_warps=shape.num_warps,
     )
 
 
+# Rows of probability targets up to this many classes stay in registers. Such a row holds two
+# tiles where a row of class indices holds one (the logits and the weighted probabilities v, plus
+# the weights when there are any), so the limit is half of MAX_FUSED_C for the same registers
+# per thread. Derived, and checked by compiling for sm_90 offline (tests/test_kernels_compile.py
+# and its spill limit); not timed on hardware.
+PROBABILITY_MAX_FUSED_C = MAX_FUSED_C // 2
+
+
+@dataclass(frozen=True)
+class _ProbabilityOptions:
+    """The non-tensor arguments of one call with a probability target, checked."""
+
+    reduction: str
+    label_smoothing: float
+    compute_grad: bool  # d loss / d input wanted (see _LossOptions.compute_grad)
+    compute_target_grad: bool  # d loss / d target wanted
+    inplace_backward: bool = False
+    gradient_in_forward: bool = True
+
+
+def _launch_probabilities(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    class_weight: torch.Tensor | None,
+    label_smoothing: float,
+    scale: float,
+    *,
+    loss: torch.Tensor | None = None,
+    grad: torch.Tensor | None = None,
+    target_grad: torch.Tensor | None = None,
+    row_stats: torch.Tensor | None = None,
+    upstream: torch.Tensor | None = None,
+    backward: bool = False,
+    skip_if_upstream_is_one: bool = False,
+) -> None:
+    """Launch ``_softmax_probability_loss_kernel`` over ``logits`` and ``target``, both (N, C, S).
+
+    As ``_launch``, plus ``target_grad`` (N, C, S); ``row_stats`` is (N*S, 3); ``scale`` is
+    1 / (N*S) for 'mean', else 1.
+    """
+    # I/O, with b bytes per logit, t per target probability, N rows:
+    #   C <= PROBABILITY_MAX_FUSED_C, forward: read N*C*b logits + N*C*t targets once; write N
+    #     losses (+ N*C*b gradient, + N*C*t target gradient, when asked).
+    #   Longer rows: with gradients, the logits and targets are read twice; a forward that a
+    #     backward will follow writes 12N (fp32) statistics for it.
+    #   backward: read N*C*b + N*C*t (+ 12N statistics for long rows) + N upstream, write the
+    #     gradients asked; with skip_if_upstream_is_one and an upstream of 1, one scalar.
+    n_samples, n_classes, n_spatial = logits.shape
+    n_rows = n_samples * n_spatial
+    if n_rows == 0:
+        return
+    shape = _block_shape(n_rows, n_classes, PROBABILITY_MAX_FUSED_C)
+    grad_strides = grad.stride() if grad is not None else (0, 0, 0)
+    target_grad_strides = target_grad.stride() if target_grad is not None else (0, 0, 0)
+    grid = (triton.cdiv(n_rows, shape.rows_per_program),)
+    _softmax_probability_loss_kernel[grid](
+        logits,
+        target,
+        class_weight,
+        upstream,
+        row_stats,
+        loss,
+        grad,
+        target_grad,
+        n_rows,
+        n_classes,
+        n_spatial,
+        *logits.stride(),
+        *target.stride(),
+        *grad_strides,
+        *target_grad_strides,
+        upstream.stride(0) if upstream is not None else 0,
+        label_smoothing,
+        scale,
+        HAS_WEIGHT=class_weight is not None,
+        LABEL_SMOOTHING=label_smoothing > 0,
+        COMPUTE_GRAD=grad is not None,
+        COMPUTE_TARGET_GRAD=target_grad is not None,
+        SAVE_STATS=row_stats is not None and not backward,
+        BACKWARD=backward,
+        LOAD_STATS=backward and row_stats is not None,
+        SKIP_IF_UPSTREAM_ONE=skip_if_upstream_is_one,
+        HAS_SPATIAL=n_spatial > 1,
+        SINGLE_CHUNK=shape.single_chunk,
+        ROWS_PER_PROGRAM=shape.rows_per_program,
+        BLOCK_C=shape.block_c,
+        FP64=compute_dtype(torch.promote_types(logits.dtype, target.dtype)) == torch.float64,
+        num_warps=shape.num_warps,
+    )
+
+
+# --- Custom ops: what torch.compile and CUDA graphs see ----------------------------------------
+# Every launch is a torch.library custom op: torch.compile treats it as one opaque node (dynamo
+# does not trace the launcher; inductor places the op and plans memory around it) and runs its
+# fake implementation to learn what it does to shapes, which is nothing: each op writes into
+# outputs its caller allocated, and declares them mutated (quack's and flash-attention's
+# pattern). The same op then writes a new buffer, or, with inplace_backward, the logits' own
+# storage. The argument checks that read tensor values (labels in range, alpha in [0, 1]) run
+# inside the ops, where reading is free (the interpreter's CPU tensors); on a GPU they would be a
+# host synchronisation, so they are skipped there.
+
+
+@torch.library.custom_op(
+    "lossbench::softmax_loss_forward", mutates_args=("loss", "grad", "row_stats")
+)
+def _softmax_loss_forward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    class_weight: torch.Tensor | None,
+    inverse_denominators: torch.Tensor | None,
+    loss: torch.Tensor,
+    grad: torch.Tensor | None,
+    row_stats: torch.Tensor | None,
+    focal: bool,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss_scale: float,
+    gamma: float,
+    focal_alpha: float,
+) -> None:
+    """The forward launch of the class-index losses; see ``_launch``."""
+    if INTERPRETED:
+        check_class_index_values(target, logits.shape[1], ignore_index)
+        if focal and class_weight is not None:
+            check_alpha_values(class_weight)
+    options = _LossOptions(
+        focal,
+        ignore_index,
+        reduction,
+        grad is not None,
+        label_smoothing,
+        z_loss_scale,
+        gamma,
+        focal_alpha,
+    )
+    _launch(
+        logits,
+        target,
+        class_weight,
+        options,
+        loss=loss,
+        grad=grad,
+        row_stats=row_stats,
+        inverse_denominators=inverse_denominators,
+    )
+
+
+@torch.library.custom_op("lossbench::softmax_loss_backward", mutates_args=("grad",))
+def _softmax_loss_backward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    class_weight: torch.Tensor | None,
+    inverse_denominators: torch.Tensor | None,
+    row_stats: torch.Tensor | None,
+    upstream: torch.Tensor,
+    grad: torch.Tensor,
+    focal: bool,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss_scale: float,
+    gamma: float,
+    focal_alpha: float,
+    skip_if_upstream_is_one: bool,
+) -> None:
+    """The backward launch of the class-index losses; see ``_launch``."""
+    options = _LossOptions(
+        focal, ignore_index, reduction, True, label_smoothing, z_loss_scale, gamma, focal_alpha
+    )
+    _launch(
+        logits,
+        target,
+        class_weight,
+        options,
+        grad=grad,
+        row_stats=row_stats,
+        upstream=upstream,
+        inverse_denominators=inverse_denominators,
+        backward=True,
+        skip_if_upstream_is_one=skip_if_upstream_is_one,
+    )
+
+
+@torch.library.custom_op(
+    "lossbench::softmax_probability_loss_forward",
+    mutates_args=("loss", "grad", "target_grad", "row_stats"),
+)
+def _softmax_probability_loss_forward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    class_weight: torch.Tensor | None,
+    loss: torch.Tensor,
+    grad: torch.Tensor | None,
+    target_grad: torch.Tensor | None,
+    row_stats: torch.Tensor | None,
+    label_smoothing: float,
+    scale: float,
+) -> None:
+    """The forward launch with probability targets; see ``_launch_probabilities``."""
+    _launch_probabilities(
+        logits,
+        target,
+        class_weight,
+        label_smoothing,
+        scale,
+        loss=loss,
+        grad=grad,
+        target_grad=target_grad,
+        row_stats=row_stats,
+    )
+
+
+@torch.library.custom_op(
+    "lossbench::softmax_probability_loss_backward", mutates_args=("grad", "target_grad")
+)
+def _softmax_probability_loss_backward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    class_weight: torch.Tensor | None,
+    row_stats: torch.Tensor | None,
+    upstream: torch.Tensor,
+    grad: torch.Tensor | None,
+    target_grad: torch.Tensor | None,
+    label_smoothing: float,
+    scale: float,
+    skip_if_upstream_is_one: bool,
+) -> None:
+    """The backward launch with probability targets; see ``_launch_probabilities``."""
+    _launch_probabilities(
+        logits,
+        target,
+        class_weight,
+        label_smoothing,
+        scale,
+        grad=grad,
+        target_grad=target_grad,
+        row_stats=row_stats,
+        upstream=upstream,
+        backward=True,
+        skip_if_upstream_is_one=skip_if_upstream_is_one,
+    )
+
+
+def _writes_only(*args: object, **kwargs: object) -> None:
+    """The fake implementation of every op here: they write their outputs in place, so they
+    create no tensor and change no shape."""
+
+
+for _op in (
+    _softmax_loss_forward,
+    _softmax_loss_backward,
+    _softmax_probability_loss_forward,
+    _softmax_probability_loss_backward,
+):
+    _op.register_fake(_writes_only)
+
+
 # --- Autograd ---------------------------------------------------------------------------------
 
-_SPENT_GRADIENT = (
-    "this loss's gradient was computed in the forward pass and handed out by the first backward "
-    "(it may have been scaled in place, or written over the logits); call the loss again to "
-    "differentiate it again"
+_SPENT_LOGITS = (
+    "backward called twice on a loss with inplace_backward=True: the gradient was written over "
+    "the logits, which a second backward would need, and the first backward handed it out; "
+    "call the loss again"
 )
 
 
+def _reduced_upstream(grad_output: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """A reduced loss's one upstream value as (n_rows,) of stride 0: every row reads it."""
+    return grad_output.reshape(1).expand(n_rows)
+
+
 class _SoftmaxLossFunction(torch.autograd.Function):
-    """Cross-entropy or focal loss of logits; the gradient flows to ``input`` only."""
+    """Cross-entropy or focal loss of logits and class indices; the gradient flows to ``input``.
+
+    Where the gradient is written:
+
+    - eager, 'mean' and 'sum': in the forward pass, as for an upstream gradient of 1, so that
+      forward+backward reads the logits once and writes the gradient once. Backward then does
+      nothing at an upstream of 1 (what ``loss.backward()`` passes), and otherwise rewrites the
+      gradient from the saved logits (and row statistics) with the upstream folded in, so that it
+      is rounded once (multiplying a stored 16-bit gradient would round it twice). A second
+      backward (``retain_graph=True``, gradcheck) computes the gradient anew in a new buffer.
+      With inplace_backward the logits hold the gradient: backward scales it in place instead,
+      and a second backward raises.
+    - 'none', and 'mean' and 'sum' under torch.compile: in backward, from the saved logits (and
+      row statistics, O(N), for rows too long for registers), with the upstream folded in. A
+      compiled backward cannot scale a buffer saved by its forward in place (inductor copies a
+      saved tensor before an op mutates it: one more read and write of the gradient);
+      recomputing reads the logits a second time and writes the gradient once, the cheapest a
+      functional graph allows.
+    """
 
     @staticmethod
     def forward(
@@ -672,102 +1398,223 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         logits, rows_target = _as_rows(input, target)
         n_rows = rows_target.numel()
         reduction = options.reduction
-        wants_grad = options.compute_grad
+        dtype = compute_dtype(input.dtype)
         grad = None
-        if wants_grad and reduction != "none":
+        if options.compute_grad and reduction != "none" and options.gradient_in_forward:
             grad = (
                 input.detach()
                 if options.inplace_backward
                 else torch.empty(input.shape, dtype=input.dtype, device=input.device)
             )
+        # Whether backward computes the gradient from the logits: all but a gradient already
+        # written over them.
+        recomputes = options.compute_grad and not (grad is not None and options.inplace_backward)
         row_stats = None
-        if wants_grad and reduction == "none":
-            row_stats = torch.empty((n_rows, 2), dtype=torch.float32, device=input.device)
-        loss_dtype = input.dtype if reduction == "none" else torch.float32
+        if recomputes and logits.shape[1] > MAX_FUSED_C:
+            # Rows held in registers get their max and log-sum again in backward at no cost;
+            # longer rows save them (O(N)) rather than read the logits a third time.
+            row_stats = torch.empty((n_rows, 2), dtype=dtype, device=input.device)
+        loss_dtype = input.dtype if reduction == "none" else dtype
         row_losses = torch.empty(n_rows, dtype=loss_dtype, device=input.device)
         inverse_denominators = None
         if reduction == "mean":
-            inverse_denominators = _inverse_denominators(rows_target, class_weight, options)
-        _launch(
+            inverse_denominators = _inverse_denominators(rows_target, class_weight, options, dtype)
+        _softmax_loss_forward(
             logits,
             rows_target,
             class_weight,
-            options,
-            loss=row_losses,
-            grad=None if grad is None else grad.view(logits.shape),
-            row_stats=row_stats,
-            inverse_denominators=inverse_denominators,
+            inverse_denominators,
+            row_losses,
+            None if grad is None else grad.view(logits.shape),
+            row_stats,
+            **_op_options(options),
         )
         ctx.options = options
         ctx.gradient = grad
         ctx.spent = False
-        if grad is not None and options.inplace_backward:
-            # The logits now hold the gradient: make autograd refuse, loudly, any other use of
-            # the old values that it saved.
-            torch.autograd.graph.increment_version(input)
+        if recomputes:
+            ctx.save_for_backward(input, target, class_weight, row_stats, inverse_denominators)
         if reduction == "none":
-            if wants_grad:
-                ctx.save_for_backward(input, target, class_weight, row_stats)
             return row_losses.view(target.shape)
         if reduction == "mean" and n_rows == 0:
             return torch.full((), math.nan, dtype=input.dtype, device=input.device)
         return row_losses.sum().to(input.dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
     ) -> tuple[torch.Tensor, None, None, None]:
+        check_first_order("reference.softmax")
         options = ctx.options
-        if options.reduction != "none":
-            grad = ctx.gradient
-            if grad is None:
-                raise RuntimeError(f"backward called twice: {_SPENT_GRADIENT}")
-            ctx.gradient = None
-            return scale_unless_one_(grad, grad_output), None, None, None
-        if ctx.spent:
-            raise RuntimeError(
-                "backward called twice on a loss with inplace_backward=True: the first backward "
-                "wrote the gradient over the logits it would need; call the loss again"
-            )
-        input, target, class_weight, row_stats = ctx.saved_tensors
-        logits, rows_target = _as_rows(input, target)
+        reduced = options.reduction != "none"
+        # The gradient the forward pass wrote, handed out by the first backward only.
+        grad = ctx.gradient
+        ctx.gradient = None
         if options.inplace_backward:
-            grad = input.detach()
+            if ctx.spent:
+                raise RuntimeError(_SPENT_LOGITS)
             ctx.spent = True
-        else:
-            grad = torch.empty(input.shape, dtype=input.dtype, device=input.device)
-        _launch(
+            if grad is not None:
+                return scale_unless_one_(grad, grad_output), None, None, None
+        input, target, class_weight, row_stats, inverse_denominators = ctx.saved_tensors
+        logits, rows_target = _as_rows(input, target)
+        written_in_forward = grad is not None
+        if not written_in_forward:
+            grad = (
+                input.detach()
+                if options.inplace_backward
+                else torch.empty(input.shape, dtype=input.dtype, device=input.device)
+            )
+        n_rows = rows_target.numel()
+        upstream = _reduced_upstream(grad_output, n_rows) if reduced else grad_output.reshape(-1)
+        _softmax_loss_backward(
             logits,
             rows_target,
             class_weight,
-            options,
-            grad=grad.view(logits.shape),
-            row_stats=row_stats,
-            upstream=grad_output.reshape(-1),
-            backward=True,
+            inverse_denominators,
+            row_stats,
+            upstream,
+            grad.view(logits.shape),
+            **_op_options(options),
+            skip_if_upstream_is_one=written_in_forward,
         )
-        if options.inplace_backward:
-            torch.autograd.graph.increment_version(input)
         return grad, None, None, None
+
+
+def _op_options(options: _LossOptions) -> dict[str, object]:
+    """The scalar arguments of the class-index ops, from ``options``."""
+    return {
+        "focal": options.focal,
+        "ignore_index": options.ignore_index,
+        "reduction": options.reduction,
+        "label_smoothing": options.label_smoothing,
+        "z_loss_scale": options.z_loss_scale,
+        "gamma": options.gamma,
+        "focal_alpha": options.focal_alpha,
+    }
+
+
+class _ProbabilityLossFunction(torch.autograd.Function):
+    """Cross-entropy of logits against class probabilities; gradients to ``input`` and
+    ``target``. Where they are written: as in _SoftmaxLossFunction."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        class_weight: torch.Tensor | None,
+        options: _ProbabilityOptions,
+    ) -> torch.Tensor:
+        logits, rows_target = _class_rows(input), _class_rows(target)
+        n_rows = logits.shape[0] * logits.shape[2]
+        reduction = options.reduction
+        result_dtype = torch.promote_types(input.dtype, target.dtype)
+        dtype = compute_dtype(result_dtype)
+        wants_grads = options.compute_grad or options.compute_target_grad
+        in_forward = wants_grads and reduction != "none" and options.gradient_in_forward
+        grad = target_grad = None
+        if in_forward and options.compute_grad:
+            grad = (
+                input.detach()
+                if options.inplace_backward
+                else torch.empty(input.shape, dtype=input.dtype, device=input.device)
+            )
+        if in_forward and options.compute_target_grad:
+            target_grad = torch.empty(target.shape, dtype=target.dtype, device=target.device)
+        recomputes = wants_grads and not (in_forward and options.inplace_backward)
+        row_stats = None
+        if recomputes and logits.shape[1] > PROBABILITY_MAX_FUSED_C:
+            # As in _SoftmaxLossFunction: only rows too long for registers save statistics.
+            row_stats = torch.empty((n_rows, 3), dtype=dtype, device=input.device)
+        loss_dtype = result_dtype if reduction == "none" else dtype
+        row_losses = torch.empty(n_rows, dtype=loss_dtype, device=input.device)
+        scale = _probability_scale(options.reduction, n_rows)
+        _softmax_probability_loss_forward(
+            logits,
+            rows_target,
+            class_weight,
+            row_losses,
+            None if grad is None else _class_rows(grad),
+            None if target_grad is None else _class_rows(target_grad),
+            row_stats,
+            options.label_smoothing,
+            scale,
+        )
+        ctx.options = options
+        ctx.gradients = (grad, target_grad) if in_forward else None
+        ctx.spent = False
+        if recomputes:
+            ctx.save_for_backward(input, target, class_weight, row_stats)
+        if reduction == "none":
+            return row_losses.view(input.shape[:1] + input.shape[2:] if input.dim() > 1 else ())
+        if reduction == "mean" and n_rows == 0:
+            return torch.full((), math.nan, dtype=result_dtype, device=input.device)
+        return row_losses.sum().to(result_dtype)
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        check_first_order("reference.softmax")
+        options = ctx.options
+        reduced = options.reduction != "none"
+        # The gradients the forward pass wrote, handed out by the first backward only.
+        gradients, ctx.gradients = ctx.gradients, None
+        written_in_forward = gradients is not None
+        grad, target_grad = gradients if written_in_forward else (None, None)
+        if options.inplace_backward:
+            if ctx.spent:
+                raise RuntimeError(_SPENT_LOGITS)
+            ctx.spent = True
+            if written_in_forward:
+                for gradient in (grad, target_grad):
+                    if gradient is not None:
+                        scale_unless_one_(gradient, grad_output)
+                return grad, target_grad, None, None
+        input, target, class_weight, row_stats = ctx.saved_tensors
+        logits = _class_rows(input)
+        n_rows = logits.shape[0] * logits.shape[2]
+        if not written_in_forward:
+            grad = target_grad = None
+            if options.compute_grad:
+                grad = (
+                    input.detach()
+                    if options.inplace_backward
+                    else torch.empty(input.shape, dtype=input.dtype, device=input.device)
+                )
+            if options.compute_target_grad:
+                target_grad = torch.empty(target.shape, dtype=target.dtype, device=target.device)
+        upstream = _reduced_upstream(grad_output, n_rows) if reduced else grad_output.reshape(-1)
+        _softmax_probability_loss_backward(
+            logits,
+            _class_rows(target),
+            class_weight,
+            row_stats,
+            upstream,
+            None if grad is None else _class_rows(grad),
+            None if target_grad is None else _class_rows(target_grad),
+            options.label_smoothing,
+            _probability_scale(options.reduction, n_rows),
+            written_in_forward,
+        )
+        return grad, target_grad, None, None
+
+
+def _probability_scale(reduction: str, n_rows: int) -> float:
+    """What each row's loss and gradients are multiplied by: 1 / rows for 'mean', else 1."""
+    return 1.0 / n_rows if reduction == "mean" and n_rows else 1.0
 
 
 # --- Functional API ---------------------------------------------------------------------------
 
 
-def _check_logits_and_target(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    ignore_index: int,
-    reduction: str,
-    **per_class: torch.Tensor | None,
-) -> None:
-    """Raise before any launch unless input, target and per-class tensors suit the kernel."""
-    check_kernel_device(input=input, target=target, **per_class)
+def _check_logits(input: torch.Tensor, reduction: str, **per_class: torch.Tensor | None) -> None:
+    """Raise before any launch unless the logits and per-class tensors suit the kernels."""
     check_floating("input", input)
     if input.dtype not in _KERNEL_DTYPES:
         raise TypeError(
-            f"the kernels take fp32, fp16 or bf16 logits, got {input.dtype}; "
+            f"the kernels take fp32, fp16, bf16 or fp64 logits, got {input.dtype}; "
             "reference.softmax computes in any floating dtype"
         )
     check_reduction(reduction)
@@ -779,9 +1626,20 @@ def _check_logits_and_target(
         if tensor is not None:
             check_per_class(name, tensor, input)
     check_no_gradient_wanted("reference.softmax", **per_class)
-    # Shape and dtype of the target on every device; the range of its values only where reading
-    # them is free (the CPU): on a GPU it would be a host sync, and a bad label gives a nan row.
-    check_class_index_target(input, target, ignore_index, check_values=INTERPRETED)
+
+
+def _check_logits_and_target(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int,
+    reduction: str,
+    **per_class: torch.Tensor | None,
+) -> None:
+    """Raise before any launch unless input, class-index target and per-class tensors suit the
+    kernel. The target's values are checked by the op (see the custom ops above)."""
+    check_kernel_device(input=input, target=target, **per_class)
+    _check_logits(input, reduction, **per_class)
+    check_class_index_target(input, target, ignore_index, check_values=False)
 
 
 def _check_inplace(input: torch.Tensor) -> None:
@@ -796,6 +1654,46 @@ def _check_inplace(input: torch.Tensor) -> None:
             "inplace_backward=True would overwrite a leaf tensor that requires grad, which torch "
             "forbids; pass the logits as computed by a layer, or use inplace_backward=False"
         )
+
+
+def _check_label_smoothing(label_smoothing: float) -> None:
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+
+
+def _cross_entropy_probabilities(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss_scale: float,
+    inplace_backward: bool,
+) -> torch.Tensor:
+    """``cross_entropy`` with a target of class probabilities (``input``'s shape)."""
+    check_kernel_device(input=input, target=target, weight=weight)
+    _check_logits(input, reduction, weight=weight)
+    check_floating("target of class probabilities", target)
+    if z_loss_scale != 0.0:
+        raise ValueError(
+            "z_loss_scale applies to class-index targets; a target of input's shape holds class "
+            "probabilities"
+        )
+    check_no_ignore_index_for_probabilities(ignore_index)
+    _check_label_smoothing(label_smoothing)
+    grad_enabled = torch.is_grad_enabled()
+    options = _ProbabilityOptions(
+        reduction=reduction,
+        label_smoothing=float(label_smoothing),
+        compute_grad=input.requires_grad and grad_enabled,
+        compute_target_grad=target.requires_grad and grad_enabled,
+        inplace_backward=inplace_backward,
+        gradient_in_forward=not torch.compiler.is_compiling(),
+    )
+    if inplace_backward and options.compute_grad:
+        _check_inplace(input)
+    return _ProbabilityLossFunction.apply(input, target, weight, options)
 
 
 def cross_entropy(
@@ -814,20 +1712,25 @@ def cross_entropy(
     """Fused softmax cross-entropy; the results and gradients of ``F.cross_entropy``.
 
     Args:
-        input: logits, fp32, fp16 or bf16, shape (N, C), (N, C, d1, ...) or (C,); any strides.
-        target: class indices, integer, ``input``'s shape without dim 1 (() for (C,) input), in
-            [0, C) or equal to ``ignore_index``. A floating target of ``input``'s shape holds
-            class probabilities: that case runs ``reference.softmax.cross_entropy`` (plain torch
-            ops, not the kernel), without z-loss or inplace_backward.
+        input: logits, fp32, fp16, bf16 or fp64, shape (N, C), (N, C, d1, ...) or (C,); any
+            strides.
+        target: class indices, of any integer dtype (torch's int64 and uint8 among them),
+            ``input``'s shape without dim 1 (() for (C,) input), in [0, C) or equal to
+            ``ignore_index``; or class probabilities, floating, of ``input``'s shape (soft
+            labels), which a kernel of their own reads once with the logits. A probability
+            target that requires grad gets its gradient too.
         weight: per-class weight (C,), ``input``'s dtype, or None; a constant (no gradient).
-        ignore_index: targets equal to it add 0 to the loss and are not counted by 'mean'.
+        ignore_index: targets equal to it add 0 to the loss and are not counted by 'mean'. With
+            probability targets it must be negative (and is unused), as in torch.
         reduction: 'none' (per-row losses, the target's shape, in ``input``'s dtype), 'sum', or
             'mean' = sum / sum_i w_{y_i} over non-ignored targets (their count without weight);
-            nan when no target counts, as torch. N = 0 gives nan, 0 or an empty tensor.
+            nan when no target counts, as torch. Probability targets: 'mean' = sum / rows. N = 0
+            gives nan, 0 or an empty tensor.
         label_smoothing: e in [0, 1], as torch: (1-e) * CE + (e/C) * sum_c w_c (-log p_c).
         z_loss_scale: z >= 0; adds z * logsumexp(x)^2 per non-ignored row (PaLM's z-loss, as in
             Liger-Kernel and flash-attention), unweighted: 'mean' divides it by the count of
-            non-ignored targets even with a weight (Liger-Kernel's convention).
+            non-ignored targets even with a weight (Liger-Kernel's convention). Class-index
+            targets only.
         inplace_backward: write the gradient into ``input``'s storage instead of a new tensor,
             so that forward+backward allocates only O(N). This DESTROYS the logits: with 'mean'
             or 'sum' they are overwritten during the forward pass, with 'none' during backward.
@@ -842,18 +1745,25 @@ def cross_entropy(
             one all-gather and a host sync per call (reference.vocab_parallel.class_slices).
 
     Returns:
-        the loss in ``input``'s dtype: a scalar for 'mean' and 'sum', per-row losses for 'none'.
+        the loss in ``input``'s dtype (torch's promotion of input and target for probability
+        targets): a scalar for 'mean' and 'sum', per-row losses for 'none'.
 
-    Numerics: fp32 inside; the gradient in ``input``'s dtype. A label outside [0, C) other than
-    ``ignore_index`` raises ``ValueError`` on the CPU (interpreter); on a GPU, checking would need
-    a host sync, so that row's loss and gradient are nan instead (and so is a reduced loss).
-    'mean' and 'sum' compute the gradient in the forward pass, so backward can run once per call.
+    Numerics: fp32 inside for fp16, bf16 and fp32 logits, fp64 for fp64 (so that
+    ``torch.autograd.gradcheck`` works); gradients in their tensor's dtype, rounded once, whatever
+    the upstream gradient (except with inplace_backward, see the module docstring). Non-finite
+    logits as torch (see reference/softmax.py). A label outside [0, C) other than
+    ``ignore_index`` raises ``ValueError`` on the CPU (interpreter); on a GPU, checking would
+    need a host sync, so that row's loss and gradient are nan instead (and so is a reduced loss).
+    'mean' and 'sum' compute the gradient in the forward pass, so backward can run once per
+    call. Gradients are first order: backward with ``create_graph=True`` raises.
 
     Raises:
-        ValueError: bad reduction, label_smoothing outside [0, 1], z_loss_scale < 0, shapes that
+        ValueError: bad reduction, label_smoothing outside [0, 1], z_loss_scale < 0 (or given
+            with probability targets), ignore_index >= 0 with probability targets, shapes that
             do not match (both named), weight not of shape (C,), tensors not on the kernels'
             device, labels out of range (CPU), inplace_backward on unsuitable logits.
-        TypeError: logits not fp32/fp16/bf16, non-integer index target, weight of another dtype.
+        TypeError: logits not fp32/fp16/bf16/fp64, index target not of an integer dtype,
+            probability target not floating, weight of another dtype.
     """
     if process_group is not None:
         from lossbench.kernels import vocab_parallel
@@ -871,22 +1781,18 @@ def cross_entropy(
             class_offset=class_offset,
         )
     if target.shape == input.shape:
-        if z_loss_scale != 0.0 or inplace_backward:
-            raise ValueError(
-                "z_loss_scale and inplace_backward apply to class-index targets; a target of "
-                "input's shape holds class probabilities and runs the reference path"
-            )
-        return reference_softmax.cross_entropy(
+        return _cross_entropy_probabilities(
             input,
             target,
             weight,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
+            ignore_index,
+            reduction,
+            label_smoothing,
+            z_loss_scale,
+            inplace_backward,
         )
     _check_logits_and_target(input, target, ignore_index, reduction, weight=weight)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    _check_label_smoothing(label_smoothing)
     if not 0.0 <= z_loss_scale < math.inf:
         raise ValueError(f"z_loss_scale must be finite and >= 0, got {z_loss_scale}")
     compute_grad = input.requires_grad and torch.is_grad_enabled()
@@ -900,6 +1806,7 @@ def cross_entropy(
         label_smoothing=float(label_smoothing),
         z_loss_scale=float(z_loss_scale),
         inplace_backward=inplace_backward,
+        gradient_in_forward=not torch.compiler.is_compiling(),
     )
     return _SoftmaxLossFunction.apply(input, target, weight, options)
 
@@ -918,12 +1825,13 @@ def softmax_focal_loss(
     """Fused multi-class focal loss ``-alpha_y (1 - p_y)^gamma log p_y``, p = softmax(input).
 
     Args:
-        input: logits, fp32, fp16 or bf16, shape (N, C), (N, C, d1, ...) or (C,); any strides.
+        input: logits, fp32, fp16, bf16 or fp64, shape (N, C), (N, C, d1, ...) or (C,); any
+            strides.
         target: class indices, integer, ``input``'s shape without dim 1 (() for (C,) input).
-        alpha: None, a float >= 0 for every class, or a per-class (C,) tensor of ``input``'s dtype
-            (a constant: no gradient). Negative entries of a tensor raise on the CPU only
-            (checking them on a GPU would be a host sync).
-        gamma: focusing parameter >= 0; gamma = 0 with alpha None is cross-entropy.
+        alpha: None, a float in [0, 1] for every class, or a per-class (C,) tensor of
+            ``input``'s dtype (a constant: no gradient) with entries in [0, 1], which raise
+            otherwise on the CPU only (checking them on a GPU would be a host sync).
+        gamma: focusing parameter, finite and >= 0; gamma = 0 with alpha None is cross-entropy.
         ignore_index: targets equal to it add 0 and are not counted by 'mean'.
         reduction: 'none' (per-row, the target's shape), 'sum', or 'mean' = sum / the count of
             non-ignored targets (alpha does not enter it; nan if none).
@@ -932,12 +1840,14 @@ def softmax_focal_loss(
 
     1 - p_y is computed as -expm1(log p_y), exact near p_y = 1; the gradient is derived and
     written out in ``_row_terms`` and has no (1 - p)^(gamma - 1), so gamma < 1 gives 0, not nan,
-    where p_y rounds to 1. Labels out of range: as :func:`cross_entropy`.
+    where p_y rounds to 1. Labels out of range, non-finite logits, dtypes: as
+    :func:`cross_entropy`.
 
     Raises:
-        ValueError: bad reduction, gamma < 0, alpha < 0, alpha tensor not of shape (C,),
+        ValueError: bad reduction, gamma or alpha outside the rule of
+            ``reference._checks.check_focal_options``, alpha tensor not of shape (C,),
             mismatched shapes, tensors off the kernels' device, labels out of range (CPU).
-        TypeError: logits not fp32/fp16/bf16, non-integer target, alpha of another dtype.
+        TypeError: logits not fp32/fp16/bf16/fp64, non-integer target, alpha of another dtype.
     """
     if process_group is not None:
         from lossbench.kernels import vocab_parallel
@@ -954,12 +1864,7 @@ def softmax_focal_loss(
         )
     alpha_tensor = alpha if isinstance(alpha, torch.Tensor) else None
     _check_logits_and_target(input, target, ignore_index, reduction, alpha=alpha_tensor)
-    if not 0.0 <= gamma < math.inf:
-        raise ValueError(f"gamma must be finite and >= 0, got {gamma}")
-    if alpha_tensor is None and alpha is not None and not alpha >= 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}; use alpha=None for no weighting")
-    if alpha_tensor is not None and INTERPRETED and bool((alpha_tensor < 0).any()):
-        raise ValueError("alpha must be >= 0 for every class; use alpha=None for no weighting")
+    check_focal_options(alpha, gamma, negative_alpha_means_none=False)
     options = _LossOptions(
         focal=True,
         ignore_index=int(ignore_index),
@@ -967,6 +1872,7 @@ def softmax_focal_loss(
         compute_grad=input.requires_grad and torch.is_grad_enabled(),
         gamma=float(gamma),
         focal_alpha=1.0 if alpha is None or alpha_tensor is not None else float(alpha),
+        gradient_in_forward=not torch.compiler.is_compiling(),
     )
     return _SoftmaxLossFunction.apply(input, target, alpha_tensor, options)
 

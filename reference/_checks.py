@@ -86,9 +86,16 @@ def check_class_index_target(
         )
     if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
         raise TypeError(f"target of class indices must have an integer dtype, got {target.dtype}")
-    if not check_values:
-        return dim
-    n_classes = input.shape[dim]
+    if check_values:
+        check_class_index_values(target, input.shape[dim], ignore_index)
+    return dim
+
+
+def check_class_index_values(
+    target: torch.Tensor, n_classes: int, ignore_index: int | None = None
+) -> None:
+    """Raise ``ValueError``, naming the first bad value, unless every class index in ``target``
+    lies in [0, ``n_classes``) or equals ``ignore_index``. Reads ``target`` on the host."""
     labels = target if ignore_index is None else target[target != ignore_index]
     out_of_range = labels[(labels < 0) | (labels >= n_classes)]
     if out_of_range.numel() > 0:
@@ -99,7 +106,6 @@ def check_class_index_target(
             f"target holds class index {out_of_range[0].item()}, outside {allowed} "
             f"for input with {n_classes} classes"
         )
-    return dim
 
 
 def check_no_ignore_index_for_probabilities(ignore_index: int) -> None:

@@ -42,22 +42,30 @@ def _softmax_case(
     reduction: str,
     focal: bool,
     with_weight: bool = False,
-    **options: float,
+    probabilities: bool = False,
+    **options: float | bool,
 ) -> Callable[[], None]:
-    """Forward and backward of a softmax loss on (N, C, ...) logits and int64 targets."""
+    """Forward and backward of a softmax loss on (N, C, ...) logits and int64 targets, or
+    targets of class probabilities (which then require grad too)."""
 
     def run() -> None:
         from lossbench.kernels.softmax import cross_entropy, softmax_focal_loss
 
         n_classes = shape[1]
-        logits = torch.randn(shape, dtype=dtype, requires_grad=True)
-        target = torch.randint(0, n_classes, shape[:1] + shape[2:])
+        leaf = torch.randn(shape, dtype=dtype, requires_grad=True)
+        # inplace_backward needs logits computed by a layer, not a leaf.
+        logits = leaf * 1.0 if options.get("inplace_backward") else leaf
+        if probabilities:
+            target = torch.rand(shape, dtype=dtype).softmax(1).requires_grad_()
+        else:
+            target = torch.randint(0, n_classes, shape[:1] + shape[2:])
         weight = torch.rand(n_classes, dtype=dtype) if with_weight else None
         if focal:
             loss = softmax_focal_loss(logits, target, alpha=weight, reduction=reduction)
         else:
             loss = cross_entropy(logits, target, weight, reduction=reduction, **options)
-        # Reduced: backward launches _scale_unless_one_kernel. 'none': the backward kernel.
+        # An upstream gradient of 2: reduced, backward recomputes the gradient (or, after
+        # inplace_backward, launches _scale_unless_one_kernel); 'none', the backward kernel.
         loss.backward(torch.full_like(loss, 2.0))
 
     return run
@@ -122,7 +130,9 @@ def _vocab_parallel_case(
 # Sizes pick the launcher's paths: 1024 x 10 stacks 256 rows per program; 16384 classes is the
 # longest row held in registers (32 warps, at the 64-register limit with every option on);
 # 32000 (a language model's vocabulary) runs the chunked online softmax; (2, 19, 8, 8) is
-# (N, C, H, W) with 19 Cityscapes classes.
+# (N, C, H, W) with 19 Cityscapes classes. Probability targets hold two tiles per row: 8192
+# classes is their longest row in registers (PROBABILITY_MAX_FUSED_C). fp64 runs every path in
+# float64 (libdevice's exp and log).
 CASES: dict[str, Callable[[], None]] = {
     "softmax CE mean, 256 rows per program, bf16": _softmax_case(
         (1024, 10), torch.bfloat16, "mean", focal=False
@@ -156,6 +166,41 @@ CASES: dict[str, Callable[[], None]] = {
     "softmax CE none forward and backward, (N, C, H, W), fp32": _softmax_case(
         (2, 19, 8, 8), torch.float32, "none", focal=False
     ),
+    "softmax CE inplace_backward mean, upstream 2 scales in place, bf16": _softmax_case(
+        (64, 1000), torch.bfloat16, "mean", focal=False, inplace_backward=True
+    ),
+    "softmax CE weight+smoothing+z-loss mean, fp64": _softmax_case(
+        (64, 1000),
+        torch.float64,
+        "mean",
+        focal=False,
+        with_weight=True,
+        label_smoothing=0.1,
+        z_loss_scale=1e-4,
+    ),
+    "softmax focal alpha-tensor none, chunked 32000 classes, fp64": _softmax_case(
+        (2, 32000), torch.float64, "none", focal=True, with_weight=True
+    ),
+    "probability targets weight+smoothing mean, one 8192-class row in registers, bf16": (
+        _softmax_case(
+            (4, 8192),
+            torch.bfloat16,
+            "mean",
+            focal=False,
+            with_weight=True,
+            probabilities=True,
+            label_smoothing=0.1,
+        )
+    ),
+    "probability targets weight none, 8192 classes, fp32": _softmax_case(
+        (4, 8192), torch.float32, "none", focal=False, with_weight=True, probabilities=True
+    ),
+    "probability targets smoothing sum, chunked 32000 classes, bf16": _softmax_case(
+        (2, 32000), torch.bfloat16, "sum", focal=False, probabilities=True, label_smoothing=0.1
+    ),
+    "probability targets mean, (N, C, H, W), fp64": _softmax_case(
+        (2, 19, 8, 8), torch.float64, "mean", focal=False, probabilities=True
+    ),
     "sigmoid BCE weight+pos_weight mean, bool target, bf16": _sigmoid_case(
         torch.bfloat16, torch.bool, "mean", focal=False
     ),
@@ -164,6 +209,9 @@ CASES: dict[str, Callable[[], None]] = {
     ),
     "sigmoid focal gamma=1.5 sum, uint8 target, bf16": _sigmoid_case(
         torch.bfloat16, torch.uint8, "sum", focal=True, gamma=1.5
+    ),
+    "sigmoid BCE weight+pos_weight mean, target grad, fp64": _sigmoid_case(
+        torch.float64, torch.float64, "mean", focal=False, target_grad=True
     ),
     # Vocabulary-parallel (kernels/vocab_parallel.py): a slice held in registers, a chunked one.
     "vocab-parallel CE weight+smoothing+z-loss mean, 16384-class slice, bf16": (
@@ -223,6 +271,7 @@ def _compile_every_launch() -> dict[str, object]:
     first_log: dict[int, str] = {}
     kernel_functions = (
         kernels.softmax._softmax_loss_kernel,
+        kernels.softmax._softmax_probability_loss_kernel,
         kernels.sigmoid._sigmoid_loss_kernel,
         kernels._common._scale_unless_one_kernel,
         kernels.vocab_parallel._shard_statistics_kernel,
@@ -290,6 +339,7 @@ def test_kernels_compile_for_sm90_and_fit_in_registers(tmp_path: Path) -> None:
     kernel_names = {launch["kernel"] for launch in launches}
     assert kernel_names == {
         "_softmax_loss_kernel",
+        "_softmax_probability_loss_kernel",
         "_sigmoid_loss_kernel",
         "_scale_unless_one_kernel",
         "_shard_statistics_kernel",

@@ -478,12 +478,26 @@ def test_inplace_backward_makes_other_saved_uses_of_the_logits_raise() -> None:
         (loss + squares).backward()
 
 
+@pytest.mark.parametrize("upstream", [1.0, 2.5])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_second_backward_of_a_reduced_loss_raises(reduction: str) -> None:
+def test_second_backward_of_a_reduced_loss_recomputes(reduction: str, upstream: float) -> None:
+    # The first backward hands out the gradient the forward pass wrote (rewritten at an upstream
+    # other than 1); a later one (retain_graph, as gradcheck does) computes it anew.
     logits = _logits(4, 6).requires_grad_()
-    loss = fused.cross_entropy(logits, _targets(4, 6, ignored=False), reduction=reduction)
+    loss = fused.cross_entropy(logits, _targets(4, 6, ignored=True), reduction=reduction)
+    scale = torch.tensor(upstream, device=DEVICE)
+    (first,) = torch.autograd.grad(loss, logits, scale, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, logits, scale)
+    assert_close(second, first.double(), torch.float32, "second gradient")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_second_backward_after_inplace_backward_raises(reduction: str) -> None:
+    logits = _logits(4, 6).requires_grad_() * 1.0
+    target = _targets(4, 6, ignored=False)
+    loss = fused.cross_entropy(logits, target, reduction=reduction, inplace_backward=True)
     loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="backward called twice"):
+    with pytest.raises(RuntimeError, match=r"backward called twice.*inplace_backward"):
         loss.backward()
 
 
@@ -561,10 +575,10 @@ def _ones(n: int, dtype: torch.dtype = torch.float32, device: str = DEVICE) -> t
 # name: (exception, message pattern, call on logits x (6, 5) requiring grad and targets t (6,))
 BAD_CALLS = {
     "integer logits": (TypeError, "floating", lambda x, t: fused.cross_entropy(x.long(), t)),
-    "float64 logits": (
+    "float8 logits": (
         TypeError,
-        "fp32, fp16 or bf16",
-        lambda x, t: fused.cross_entropy(x.double(), t),
+        "fp32, fp16, bf16 or fp64",
+        lambda x, t: fused.cross_entropy(x.detach().to(torch.float8_e4m3fn), t),
     ),
     "float target": (TypeError, "integer dtype", lambda x, t: fused.cross_entropy(x, t.float())),
     "target shape": (
@@ -642,10 +656,11 @@ def test_input_off_the_kernel_device_raises() -> None:
         )
 
 
-@pytest.mark.skipif(not INTERPRETED, reason="negative alpha entries are checked on the CPU only")
-def test_negative_alpha_entry_raises_on_cpu() -> None:
-    alpha = torch.tensor([0.5, -0.1, 0.2], device=DEVICE)
-    with pytest.raises(ValueError, match="alpha must be >= 0"):
+@pytest.mark.skipif(not INTERPRETED, reason="alpha entries are checked on the CPU only")
+@pytest.mark.parametrize("bad_entry", [-0.1, 1.5, float("nan")])
+def test_alpha_entry_outside_0_1_raises_on_cpu(bad_entry: float) -> None:
+    alpha = torch.tensor([0.5, bad_entry, 0.2], device=DEVICE)
+    with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]"):
         fused.softmax_focal_loss(_logits(4, 3), _targets(4, 3, ignored=False), alpha)
 
 
