@@ -111,6 +111,18 @@ def to_compute_dtype(x, FP64: tl.constexpr):
     return x.to(tl.float64) if FP64 else x.to(tl.float32)
 
 
+@triton.jit
+def scalar_in_compute_dtype(value, FP64: tl.constexpr):
+    """A float argument (declared ``tl.float64``) as a (1,) tensor of the compute dtype.
+
+    Triton passes an undeclared float argument as fp32, which would round an option such as
+    label_smoothing = 0.1 before a float64 kernel sees it; declared float64, it arrives exact,
+    and an fp32 kernel converts it once here rather than promote its arithmetic to fp64. (The
+    interpreter passes the Python float itself; tl.full takes both.)
+    """
+    return tl.full([1], value, tl.float64) if FP64 else tl.full([1], value, tl.float32)
+
+
 def multiprocessor_count(device: torch.device) -> int:
     """Streaming multiprocessors of ``device``: the width of a persistent grid.
 

@@ -86,6 +86,7 @@ from lossbench.kernels._common import (
     check_first_order,
     check_kernel_device,
     check_no_gradient_wanted,
+    scalar_in_compute_dtype,
     to_compute_dtype,
 )
 from lossbench.reference import sigmoid as reference_sigmoid
@@ -159,9 +160,8 @@ def _sigmoid_loss_kernel(
     weight_period,
     pos_weight_inner,
     pos_weight_period,
-    scale,  # 1/numel for 'mean', else 1: applied to the partial sums and the gradients
-    alpha,
-    gamma,
+    alpha: tl.float64,  # floats declared float64: a float64 kernel gets them exact
+    gamma: tl.float64,
     BLOCK: tl.constexpr,
     REDUCTION: tl.constexpr,  # kernels._common.REDUCTION_CODES
     COMPUTE_GRAD: tl.constexpr,
@@ -174,6 +174,7 @@ def _sigmoid_loss_kernel(
     FOCAL: tl.constexpr,
     HAS_ALPHA: tl.constexpr,
     GAMMA_INT: tl.constexpr,  # gamma when it is an integer <= MAX_CONSTANT_GAMMA, else -1
+    MEAN: tl.constexpr,  # 'mean': the loss and the gradients divided by n_elements
     SKIP_IF_UPSTREAM_ONE: tl.constexpr,  # backward of gradients already written for upstream 1
     FP64: tl.constexpr,  # compute in float64, else in float32
 ):
@@ -200,6 +201,11 @@ def _sigmoid_loss_kernel(
     x = to_compute_dtype(x, FP64)
     t = tl.load(target_ptr + offsets, mask=mask, other=0, eviction_policy="evict_first")
     t = to_compute_dtype(t, FP64)
+    alpha = scalar_in_compute_dtype(alpha, FP64)
+    gamma = scalar_in_compute_dtype(gamma, FP64)
+    # 1/numel for 'mean', else 1: applied to the partial sums and the gradients.
+    one = scalar_in_compute_dtype(1.0, FP64)
+    scale = one / n_elements if MEAN else one
 
     # One exp, one log and one division give sigma(+-x) and sp(+-x); nothing overflows.
     # e = exp(-|x|) in (0, 1]; r = 1 / (1 + e) = sigma(|x|); e * r = sigma(-|x|).
@@ -215,7 +221,12 @@ def _sigmoid_loss_kernel(
     log1p_e = tl.log(one_plus_e) + (e - (one_plus_e - 1.0)) * r
     sigma_pos = tl.where(x >= 0, r, e * r)  # sigma(x)
     sigma_neg = tl.where(x >= 0, e * r, r)  # sigma(-x) = 1 - sigma(x), without the subtraction
-    softplus_pos = tl.maximum(x, 0.0) + log1p_e  # sp(x) = -log(1 - sigma(x))
+    # sp(x) = -log(1 - sigma(x)) = max(x, 0) + log1p(e), with max(x, 0) written x - min(x, 0):
+    # equal for every finite x, and nan at x = -inf (-inf - -inf). torch evaluates the loss as
+    # (1 - t) x - pw' log sigmoid(x), which at x = -inf is -inf + inf = nan (0 x -inf for t = 1)
+    # whatever the target; so is every loss here, through sp(x), and nothing else: no gradient
+    # but focal's (below) reads sp(x).
+    softplus_pos = (x - tl.minimum(x, 0.0)) + log1p_e
     softplus_neg = tl.maximum(-x, 0.0) + log1p_e  # sp(-x) = -log sigma(x)
 
     if FOCAL:
@@ -230,8 +241,6 @@ def _sigmoid_loss_kernel(
         # Every factor is written without cancellation for hard targets; the products that hold
         # m^(g-1) (unbounded as m -> 0 when g < 1) are formed from bounded factors below.
         cross_entropy = (1.0 - t) * softplus_pos + t * softplus_neg
-        # At x = -inf the cross-entropy is nan, as torch's formula evaluates it (see below).
-        cross_entropy = tl.where(x == float("-inf"), float("nan"), cross_entropy)
         d_cross_entropy = (1.0 - t) * sigma_pos - t * sigma_neg
         modulating_base = t * sigma_neg + (1.0 - t) * sigma_pos
         sigma_product = sigma_pos * sigma_neg
@@ -274,14 +283,13 @@ def _sigmoid_loss_kernel(
                 grad_t += gamma * slope_t * (sigma_neg - sigma_pos)
             if HAS_ALPHA:
                 grad_t = class_weight * grad_t + (2.0 * alpha - 1.0) * cross_entropy * modulating
-        if GAMMA_INT != 0:
-            # torchvision's autograd gives nan gradients at an infinite logit for gamma > 0:
-            # sigmoid's derivative there, 0, times the infinite (or nan) cross-entropy. As torch.
-            infinite = (x == float("inf")) | (x == float("-inf"))
-            if COMPUTE_GRAD:
-                grad = tl.where(infinite, float("nan"), grad)
-            if COMPUTE_TARGET_GRAD:
-                grad_t = tl.where(infinite, float("nan"), grad_t)
+            # torchvision at x = +inf, where its cross-entropy is infinite: for gamma > 0 its
+            # autograd multiplies sigmoid's derivative there, 0, by it, and with alpha it adds the
+            # alpha t and (1 - alpha)(1 - t) paths separately, +inf and -inf: either way the
+            # target gradient is nan. (At x = -inf ce is nan already, and the input gradient is
+            # inf x 0 or nan at both.)
+            if GAMMA_INT != 0 or HAS_ALPHA:
+                grad_t = tl.where(x == float("inf"), float("nan"), grad_t)
     else:
         # loss = w [(1 - t) sp(x) + pw t sp(-x)]: torch's (1 - t) x + (1 + (pw - 1) t) sp(-x)
         # with x = sp(x) - sp(-x), which cancels nothing for hard targets.
@@ -305,10 +313,6 @@ def _sigmoid_loss_kernel(
             positive_term = pos_weight * positive_term
             positive_slope = pos_weight * positive_slope
         loss = (1.0 - t) * softplus_pos + positive_term
-        # torch evaluates the loss as (1 - t) x - pw' log sigmoid(x): at x = -inf that is
-        # -inf + inf = nan (0 x -inf for t = 1) whatever the target, where the form above gives
-        # its limit. As torch: nan there; the gradients keep their finite values, as torch's.
-        loss = tl.where(x == float("-inf"), float("nan"), loss)
         if COMPUTE_GRAD:
             grad = (1.0 - t) * sigma_pos - positive_slope
         if COMPUTE_TARGET_GRAD:
@@ -347,7 +351,7 @@ def _sigmoid_loss_kernel(
         else:
             tl.store(loss_ptr + offsets, loss, mask=mask)
     else:
-        partial_sum = tl.sum(tl.where(mask, loss, 0.0), axis=0) * scale
+        partial_sum = tl.sum(tl.where(mask, loss * scale, 0.0), axis=0)
         tl.store(loss_ptr + tl.program_id(0), partial_sum)
         if COMPUTE_GRAD:
             grad = grad * scale
@@ -507,7 +511,6 @@ def _launch(
         options.weight.period,
         options.pos_weight.inner,
         options.pos_weight.period,
-        1.0 / n_elements if options.reduction == "mean" else 1.0,
         options.alpha,
         options.gamma,
         BLOCK=BLOCK,
@@ -523,6 +526,7 @@ def _launch(
         FOCAL=options.focal,
         HAS_ALPHA=options.alpha >= 0,
         GAMMA_INT=_constant_gamma(options.gamma),
+        MEAN=options.reduction == "mean",
         SKIP_IF_UPSTREAM_ONE=skip_if_upstream_is_one,
         FP64=compute_dtype(torch.promote_types(input.dtype, target.dtype)) == torch.float64,
         num_warps=NUM_WARPS,

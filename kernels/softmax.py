@@ -70,6 +70,7 @@ from lossbench.kernels._common import (
     check_first_order,
     check_kernel_device,
     check_no_gradient_wanted,
+    scalar_in_compute_dtype,
     scale_unless_one_,
     to_compute_dtype,
 )
@@ -388,10 +389,11 @@ def _softmax_loss_kernel(
     stride_grad_s,
     stride_upstream,  # 0 for the expanded ones of loss.sum().backward()
     ignore_index,
-    label_smoothing,
-    z_loss_scale,
-    gamma,
-    focal_alpha,  # a float alpha of the focal loss, multiplying every class (1.0 otherwise)
+    # Floats declared float64 so that a float64 kernel gets them exact (scalar_in_compute_dtype).
+    label_smoothing: tl.float64,
+    z_loss_scale: tl.float64,
+    gamma: tl.float64,
+    focal_alpha: tl.float64,  # a float alpha of the focal loss, multiplying every class (else 1)
     FOCAL: tl.constexpr,  # focal loss (else cross-entropy)
     HAS_WEIGHT: tl.constexpr,  # class_weight given (CE weight, focal alpha tensor)
     LABEL_SMOOTHING: tl.constexpr,  # label_smoothing > 0 (CE only)
@@ -416,6 +418,10 @@ def _softmax_loss_kernel(
         # upstream recomputes the gradient with it folded in, rounded once.
         if tl.load(upstream_ptr).to(tl.float32) == 1.0:
             return
+    label_smoothing = scalar_in_compute_dtype(label_smoothing, FP64)
+    z_loss_scale = scalar_in_compute_dtype(z_loss_scale, FP64)
+    gamma = scalar_in_compute_dtype(gamma, FP64)
+    focal_alpha = scalar_in_compute_dtype(focal_alpha, FP64)
     # int64 before any multiplication by a stride: row * stride exceeds 2^31 once N x C does, and
     # an int32 product would wrap and read or write another part of memory.
     rows = tl.program_id(0).to(tl.int64) * ROWS_PER_PROGRAM + tl.arange(0, ROWS_PER_PROGRAM)
@@ -724,8 +730,7 @@ def _softmax_probability_loss_kernel(
     stride_target_grad_c,
     stride_target_grad_s,
     stride_upstream,
-    label_smoothing,
-    scale,  # 'mean': 1 / (N*S); 'sum', 'none': 1
+    label_smoothing: tl.float64,  # float64 so that a float64 kernel gets it exact
     HAS_WEIGHT: tl.constexpr,
     LABEL_SMOOTHING: tl.constexpr,  # label_smoothing > 0
     COMPUTE_GRAD: tl.constexpr,  # write d loss / d logits
@@ -738,6 +743,7 @@ def _softmax_probability_loss_kernel(
     SINGLE_CHUNK: tl.constexpr,  # C <= BLOCK_C: whole rows in registers, one read
     ROWS_PER_PROGRAM: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    MEAN: tl.constexpr,  # 'mean': every row's loss and gradients divided by N*S
     FP64: tl.constexpr,  # compute in float64, else in float32
 ):
     """Each program handles ROWS_PER_PROGRAM rows and their target probabilities, BLOCK_C classes
@@ -763,11 +769,12 @@ def _softmax_probability_loss_kernel(
         target_grad_row = rows * stride_target_grad_n
 
     zeros = to_compute_dtype(tl.zeros([ROWS_PER_PROGRAM], tl.float32), FP64)
+    label_smoothing = scalar_in_compute_dtype(label_smoothing, FP64)
+    # torch's 'mean' for probability targets: the sum over the N*S rows, whatever the weights.
+    row_scale = 1.0 / (zeros + n_rows) if MEAN else zeros + 1.0
     if BACKWARD:
         upstream = tl.load(upstream_ptr + rows * stride_upstream, mask=row_mask, other=0.0)
-        row_scale = to_compute_dtype(upstream, FP64) * scale
-    else:
-        row_scale = zeros + scale
+        row_scale = to_compute_dtype(upstream, FP64) * row_scale
 
     classes = tl.arange(0, BLOCK_C)
     if SINGLE_CHUNK:
@@ -952,8 +959,11 @@ class _BlockShape:
     num_warps: int
 
 
-def _block_shape(n_rows: int, n_classes: int, max_fused_c: int = MAX_FUSED_C) -> _BlockShape:
-    """Rows per program, classes per chunk and warps for a (n_rows, n_classes) problem."""
+def _block_shape(n_rows: int, n_classes: int, max_fused_c: int | None = None) -> _BlockShape:
+    """Rows per program, classes per chunk and warps for a (n_rows, n_classes) problem; rows
+    of up to ``max_fused_c`` classes (MAX_FUSED_C by default) are held in registers."""
+    if max_fused_c is None:
+        max_fused_c = MAX_FUSED_C
     if n_classes <= max_fused_c:
         block_c = triton.next_power_of_2(n_classes)
         # Short rows: stack them to TILE_ELEMENTS per program, but no more rows than exist.
@@ -1119,7 +1129,7 @@ def _launch_probabilities(
     target: torch.Tensor,
     class_weight: torch.Tensor | None,
     label_smoothing: float,
-    scale: float,
+    reduction: str,
     *,
     loss: torch.Tensor | None = None,
     grad: torch.Tensor | None = None,
@@ -1131,8 +1141,7 @@ def _launch_probabilities(
 ) -> None:
     """Launch ``_softmax_probability_loss_kernel`` over ``logits`` and ``target``, both (N, C, S).
 
-    As ``_launch``, plus ``target_grad`` (N, C, S); ``row_stats`` is (N*S, 3); ``scale`` is
-    1 / (N*S) for 'mean', else 1.
+    As ``_launch``, plus ``target_grad`` (N, C, S); ``row_stats`` is (N*S, 3).
     """
     # I/O, with b bytes per logit, t per target probability, N rows:
     #   C <= PROBABILITY_MAX_FUSED_C, forward: read N*C*b logits + N*C*t targets once; write N
@@ -1167,7 +1176,6 @@ def _launch_probabilities(
         *target_grad_strides,
         upstream.stride(0) if upstream is not None else 0,
         label_smoothing,
-        scale,
         HAS_WEIGHT=class_weight is not None,
         LABEL_SMOOTHING=label_smoothing > 0,
         COMPUTE_GRAD=grad is not None,
@@ -1180,6 +1188,7 @@ def _launch_probabilities(
         SINGLE_CHUNK=shape.single_chunk,
         ROWS_PER_PROGRAM=shape.rows_per_program,
         BLOCK_C=shape.block_c,
+        MEAN=reduction == "mean",
         FP64=compute_dtype(torch.promote_types(logits.dtype, target.dtype)) == torch.float64,
         num_warps=shape.num_warps,
     )
@@ -1291,7 +1300,7 @@ def _softmax_probability_loss_forward(
     target_grad: torch.Tensor | None,
     row_stats: torch.Tensor | None,
     label_smoothing: float,
-    scale: float,
+    reduction: str,
 ) -> None:
     """The forward launch with probability targets; see ``_launch_probabilities``."""
     _launch_probabilities(
@@ -1299,7 +1308,7 @@ def _softmax_probability_loss_forward(
         target,
         class_weight,
         label_smoothing,
-        scale,
+        reduction,
         loss=loss,
         grad=grad,
         target_grad=target_grad,
@@ -1319,7 +1328,7 @@ def _softmax_probability_loss_backward(
     grad: torch.Tensor | None,
     target_grad: torch.Tensor | None,
     label_smoothing: float,
-    scale: float,
+    reduction: str,
     skip_if_upstream_is_one: bool,
 ) -> None:
     """The backward launch with probability targets; see ``_launch_probabilities``."""
@@ -1328,7 +1337,7 @@ def _softmax_probability_loss_backward(
         target,
         class_weight,
         label_smoothing,
-        scale,
+        reduction,
         grad=grad,
         target_grad=target_grad,
         row_stats=row_stats,
@@ -1529,7 +1538,6 @@ class _ProbabilityLossFunction(torch.autograd.Function):
             row_stats = torch.empty((n_rows, 3), dtype=dtype, device=input.device)
         loss_dtype = result_dtype if reduction == "none" else dtype
         row_losses = torch.empty(n_rows, dtype=loss_dtype, device=input.device)
-        scale = _probability_scale(options.reduction, n_rows)
         _softmax_probability_loss_forward(
             logits,
             rows_target,
@@ -1539,7 +1547,7 @@ class _ProbabilityLossFunction(torch.autograd.Function):
             None if target_grad is None else _class_rows(target_grad),
             row_stats,
             options.label_smoothing,
-            scale,
+            options.reduction,
         )
         ctx.options = options
         ctx.gradients = (grad, target_grad) if in_forward else None
@@ -1595,15 +1603,10 @@ class _ProbabilityLossFunction(torch.autograd.Function):
             None if grad is None else _class_rows(grad),
             None if target_grad is None else _class_rows(target_grad),
             options.label_smoothing,
-            _probability_scale(options.reduction, n_rows),
+            options.reduction,
             written_in_forward,
         )
         return grad, target_grad, None, None
-
-
-def _probability_scale(reduction: str, n_rows: int) -> float:
-    """What each row's loss and gradients are multiplied by: 1 / rows for 'mean', else 1."""
-    return 1.0 / n_rows if reduction == "mean" and n_rows else 1.0
 
 
 # --- Functional API ---------------------------------------------------------------------------

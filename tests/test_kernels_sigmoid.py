@@ -29,7 +29,7 @@ from lossbench.kernels.sigmoid import (
 from lossbench.reference import sigmoid as reference
 from lossbench.reference.tolerance import assert_close, tolerance
 
-from .helpers import loss_and_gradients, upcast, upstream_gradient
+from .helpers import loss_and_gradients, non_finite_sigmoid_case, upcast, upstream_gradient
 
 pytestmark = pytest.mark.usefixtures("poisoned_allocations")
 
@@ -720,3 +720,75 @@ def test_more_than_2_31_elements() -> None:
             logits.detach(), target[rows].double(), reduction="none", pos_weight=pos_weight.double()
         )
         assert_close(elementwise[rows], expected_loss, torch.bfloat16, f"'none' loss, rows {rows}")
+
+
+# float64: computed in float64, so that gradcheck applies ---------------------------------------
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_float64_matches_the_reference_and_passes_gradcheck(reduction: str) -> None:
+    input = random_logits((5, 7), torch.float64)
+    target = random_targets((5, 7), "soft", torch.float64)
+    weight = random_weight((7,)).double()
+    pos_weight = random_weight((5, 7)).double()
+    cases = [
+        (binary_cross_entropy_with_logits, reference.binary_cross_entropy_with_logits, {}),
+        (
+            binary_cross_entropy_with_logits,
+            reference.binary_cross_entropy_with_logits,
+            {"weight": weight, "pos_weight": pos_weight},
+        ),
+        (sigmoid_focal_loss, reference.sigmoid_focal_loss, {"alpha": 0.3, "gamma": 1.7}),
+    ]
+    for kernel, oracle, options in cases:
+        actual = loss_and_gradients(
+            kernel, input, target, target_grad=True, reduction=reduction, **options
+        )
+        expected = loss_and_gradients(
+            oracle, input, target, actual[3], target_grad=True, reduction=reduction, **options
+        )
+        for what, a, e in zip(("loss", "input", "target"), actual, expected, strict=False):
+            assert a.dtype == torch.float64
+            assert_close(a, e, torch.float64, f"{kernel.__name__} {what}")
+        assert torch.autograd.gradcheck(
+            lambda x, t, kernel=kernel, options=options: kernel(
+                x, t, reduction=reduction, **options
+            ),
+            (input.detach().requires_grad_(), target.detach().requires_grad_()),
+            fast_mode=True,
+        )
+
+
+# Non-finite logits: as the reference, which is as torch (torchvision) --------------------------
+
+
+# The interpreter's numpy warns about the inf - inf and 0 x inf these inputs are made of.
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize(
+    ("focal", "options"),
+    [
+        (False, {}),
+        (False, {"pos_weight": 2.0, "weight": True}),
+        (True, {"alpha": 0.25, "gamma": 2.0}),
+        (True, {"alpha": 0.25, "gamma": 0.0}),
+        (True, {"alpha": -1.0, "gamma": 0.0}),
+        (True, {"alpha": -1.0, "gamma": 1.5}),
+    ],
+    ids=["bce", "bce-weights", "focal", "focal-gamma0", "focal-gamma0-no-alpha", "focal-gamma1.5"],
+)
+def test_non_finite_logits_as_the_reference(focal: bool, options: dict, reduction: str) -> None:
+    # +inf, -inf and nan against targets 0, 1 and 0.3, beside finite elements: loss, input and
+    # target gradients; non-finite entries must match exactly, finite ones within fp32's tolerance.
+    logits, targets = non_finite_sigmoid_case(DEVICE)
+    logits, targets = logits.float(), targets.float()
+    options = dict(options)
+    if options.pop("weight", False):
+        options["weight"] = random_weight((12,))
+    if "pos_weight" in options:
+        options["pos_weight"] = torch.tensor(options["pos_weight"], device=DEVICE)
+    kernel = sigmoid_focal_loss if focal else binary_cross_entropy_with_logits
+    oracle = reference.sigmoid_focal_loss if focal else reference.binary_cross_entropy_with_logits
+    assert_matches_reference(
+        kernel, oracle, logits, targets, target_grad=True, reduction=reduction, **options
+    )

@@ -8,6 +8,8 @@ fails to write shows as a mismatch.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch.nn.functional import cross_entropy as torch_cross_entropy
@@ -17,7 +19,7 @@ from lossbench.kernels._common import INTERPRETED, KERNEL_DEVICE
 from lossbench.reference import softmax as reference
 from lossbench.reference.tolerance import assert_close
 
-from .helpers import loss_and_gradients, upcast
+from .helpers import NON_FINITE_ROWS, loss_and_gradients, non_finite_softmax_case, upcast
 
 # The interpreter evaluates masked lanes and padding rows too (with -inf logits, discarded by the
 # masks), and numpy warns about the nan it computes there.
@@ -142,8 +144,10 @@ def test_cross_entropy_half_precision(n_classes: int, dtype: torch.dtype, reduct
 
 @pytest.fixture
 def _small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows above 16 classes take the chunked path, in chunks of 8 (so 2-6 chunks below)."""
+    """Rows above 16 classes take the chunked path, in chunks of 8 (so 2-6 chunks below), with
+    class indices and with probability targets alike."""
     monkeypatch.setattr(fused, "MAX_FUSED_C", 16)
+    monkeypatch.setattr(fused, "PROBABILITY_MAX_FUSED_C", 16)
     monkeypatch.setattr(fused, "CHUNK_C", 8)
 
 
@@ -542,8 +546,147 @@ def test_class_probability_target_matches_torch() -> None:
         label_smoothing=0.1,
         reduction="mean",
     )
+
+
+# --- Probability targets: their own kernel --------------------------------------------------------
+
+
+def _probabilities(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Soft labels: a softmax over the class dimension of random scores (never one-hot)."""
+    dim = 0 if len(shape) == 1 else 1
+    return torch.softmax(2 * torch.randn(*shape, device=DEVICE), dim=dim).to(dtype)
+
+
+def _check_probabilities(
+    logits: torch.Tensor, probabilities: torch.Tensor, *, target_grad: bool = True, **kwargs
+) -> None:
+    """Loss, d loss / d logits and d loss / d target against the float64 reference, under a
+    random upstream gradient; each in the tolerance of its own dtype."""
+    actual = loss_and_gradients(
+        fused.cross_entropy, logits, probabilities, target_grad=target_grad, **kwargs
+    )
+    expected = loss_and_gradients(
+        reference.cross_entropy,
+        logits.double(),
+        probabilities.double(),
+        actual[3].double(),
+        target_grad=target_grad,
+        **upcast(kwargs),
+    )
+    result_dtype = torch.promote_types(logits.dtype, probabilities.dtype)
+    assert actual[0].dtype == result_dtype
+    assert_close(actual[0], expected[0], result_dtype, "loss")
+    assert_close(actual[1], expected[1], logits.dtype, "input gradient")
+    if target_grad:
+        assert_close(actual[2], expected[2], probabilities.dtype, "target gradient")
+
+
+PROBABILITY_OPTIONS = {
+    "plain": {},
+    "weight": {"weight": True},
+    "label_smoothing": {"label_smoothing": 0.2},
+    "all": {"weight": True, "label_smoothing": 0.3},
+}
+
+
+def _probability_case(shape: tuple[int, ...], option: str, dtype=torch.float32):
+    options = dict(PROBABILITY_OPTIONS[option])
+    n_classes = shape[0 if len(shape) == 1 else 1]
+    if options.pop("weight", False):
+        options["weight"] = (torch.rand(n_classes, device=DEVICE) + 0.1).to(dtype)
+    return _logits(*shape, dtype=dtype), _probabilities(*shape, dtype=dtype), options
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("option", list(PROBABILITY_OPTIONS))
+def test_probability_targets_each_option(option: str, reduction: str) -> None:
+    logits, probabilities, options = _probability_case((19, 10), option)
+    _check_probabilities(logits, probabilities, reduction=reduction, **options)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("n_classes", CLASS_COUNTS)
+def test_probability_targets_class_counts(n_classes: int, reduction: str) -> None:
+    n_rows = 33 if n_classes <= 10 else 5
+    logits, probabilities, options = _probability_case((n_rows, n_classes), "all")
+    _check_probabilities(logits, probabilities, reduction=reduction, **options)
+
+
+@pytest.mark.usefixtures("_small_chunks")
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize(("n_classes", "option"), [(17, "all"), (45, "plain"), (45, "all")])
+def test_probability_targets_chunked(n_classes: int, option: str, reduction: str) -> None:
+    logits, probabilities, options = _probability_case((5, n_classes), option)
+    _check_probabilities(logits, probabilities, reduction=reduction, **options)
+
+
+def test_probability_targets_50257_classes() -> None:
+    # Above PROBABILITY_MAX_FUSED_C: the real chunk width, the row statistics saved.
+    logits, probabilities, options = _probability_case((2, 50257), "all")
+    _check_probabilities(logits, probabilities, reduction="none", **options)
+
+
+@pytest.mark.parametrize(
+    ("logits_dtype", "target_dtype"),
+    [
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float16, torch.float16),
+        (torch.bfloat16, torch.float32),  # torch promotes: a float32 loss, each gradient its own
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_probability_targets_half_precision(
+    logits_dtype: torch.dtype, target_dtype: torch.dtype, reduction: str
+) -> None:
+    logits, _, options = _probability_case((6, 1000), "all", logits_dtype)
+    probabilities = _probabilities(6, 1000, dtype=target_dtype)
+    _check_probabilities(logits, probabilities, reduction=reduction, **options)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4, 2), (7,)], ids=["N,C,H,W", "C"])
+def test_probability_targets_spatial_and_unbatched(shape: tuple[int, ...]) -> None:
+    logits, probabilities, options = _probability_case(shape, "all")
+    for reduction in ("none", "mean"):
+        _check_probabilities(logits, probabilities, reduction=reduction, **options)
+
+
+def test_probability_targets_without_target_gradient() -> None:
+    logits, probabilities, options = _probability_case((9, 12), "all")
+    _check_probabilities(logits, probabilities, target_grad=False, reduction="sum", **options)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_probability_targets_inplace_backward(reduction: str) -> None:
+    leaf = _logits(8, 10).requires_grad_()
+    logits = leaf * 1.0
+    probabilities = _probabilities(8, 10).requires_grad_()
+    loss = fused.cross_entropy(logits, probabilities, reduction=reduction, inplace_backward=True)
+    upstream = torch.rand_like(loss) + 0.5
+    loss.backward(upstream)
+    expected_input = leaf.detach().double().requires_grad_()
+    expected_target = probabilities.detach().double().requires_grad_()
+    expected = reference.cross_entropy(expected_input, expected_target, reduction=reduction)
+    expected.backward(upstream.double())
+    assert_close(loss, expected, torch.float32, "loss")
+    assert_close(leaf.grad, expected_input.grad, torch.float32, "input gradient")
+    assert_close(probabilities.grad, expected_target.grad, torch.float32, "target gradient")
+    assert_close(logits.detach(), expected_input.grad, torch.float32, "logits storage")
+
+
+def test_probability_targets_refuse_what_torch_refuses() -> None:
+    logits = _logits(5, 4)
+    probabilities = _probabilities(5, 4)
+    with pytest.raises(ValueError, match="ignore_index is not supported for floating point"):
+        fused.cross_entropy(logits, probabilities, ignore_index=1)
+    assert torch.equal(
+        fused.cross_entropy(logits, probabilities, ignore_index=-1),
+        fused.cross_entropy(logits, probabilities),
+    )
     with pytest.raises(ValueError, match="class-index targets"):
         fused.cross_entropy(logits, probabilities, z_loss_scale=1e-3)
+    with pytest.raises(TypeError, match="probabilities"):
+        fused.cross_entropy(logits, probabilities.long())
 
 
 # --- Labels out of range, bad input -------------------------------------------------------------
@@ -727,3 +870,149 @@ def test_no_grad_writes_no_gradient(
     assert torch.equal(logits.detach(), before)
     assert [launch_kwargs.get("grad") for launch_kwargs in launches] == [None]
     assert_close(loss, expected.double(), torch.float32, "loss under no_grad")
+
+
+# --- float64: computed in float64, so that gradcheck applies --------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_float64_matches_the_reference_and_passes_gradcheck(reduction: str) -> None:
+    # Every path in float64: cross-entropy with every option, focal, probability targets (both
+    # gradients). gradcheck's finite differences need a float64 computation to agree with.
+    logits, target, options = _cross_entropy_case(4, 6, "all", torch.float64)
+    _check_against_reference(
+        fused.cross_entropy, reference.cross_entropy, logits, target, reduction=reduction, **options
+    )
+    weight = options["weight"]
+    assert torch.autograd.gradcheck(
+        lambda x: fused.cross_entropy(x, target, reduction=reduction, **options),
+        (logits.detach().requires_grad_(),),
+        fast_mode=True,
+    )
+    assert torch.autograd.gradcheck(
+        lambda x: fused.softmax_focal_loss(x, target, weight / 2, 1.5, IGNORE, reduction),
+        (logits.detach().requires_grad_(),),
+        fast_mode=True,
+    )
+    probabilities = _probabilities(4, 6, dtype=torch.float64)
+    _check_probabilities(logits, probabilities, reduction=reduction, weight=weight)
+    assert torch.autograd.gradcheck(
+        lambda x, q: fused.cross_entropy(x, q, weight, reduction=reduction, label_smoothing=0.1),
+        (logits.detach().requires_grad_(), probabilities.requires_grad_()),
+        fast_mode=True,
+    )
+
+
+@pytest.mark.usefixtures("_small_chunks")
+def test_float64_chunked() -> None:
+    logits, target, options = _cross_entropy_case(3, 37, "all", torch.float64)
+    for reduction in ("none", "mean"):
+        _check_against_reference(
+            fused.cross_entropy,
+            reference.cross_entropy,
+            logits,
+            target,
+            reduction=reduction,
+            **options,
+        )
+    _check_probabilities(logits, _probabilities(3, 37, dtype=torch.float64), reduction="sum")
+
+
+# --- Class indices of any integer dtype -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int16])
+def test_class_indices_of_any_integer_dtype(dtype: torch.dtype) -> None:
+    # torch takes int64 and uint8 ("Long or Byte"); the kernels read any integer dtype alike.
+    logits = _logits(9, 10)
+    target = _targets(9, 10, ignored=False)
+    for loss in (fused.cross_entropy, fused.softmax_focal_loss):
+        assert torch.equal(loss(logits, target.to(dtype)), loss(logits, target))
+
+
+# --- Non-finite logits: as the reference, which is as torch ---------------------------------------
+
+
+@pytest.mark.parametrize("option", ["plain", "weight", "label_smoothing"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("case", list(NON_FINITE_ROWS))
+def test_non_finite_logits_as_the_reference(case: str, reduction: str, option: str) -> None:
+    # Each case's row beside finite rows: the non-finite entries must match exactly (nan for
+    # nan, the same infinity), the finite ones within fp32's tolerance.
+    logits, target = non_finite_softmax_case(case, DEVICE)
+    logits = logits.float()
+    options = {}
+    if option == "weight":
+        options["weight"] = torch.rand(4, device=DEVICE) + 0.2
+    if option == "label_smoothing":
+        options["label_smoothing"] = 0.2
+    _check_against_reference(
+        fused.cross_entropy, reference.cross_entropy, logits, target, reduction=reduction, **options
+    )
+    alpha = torch.rand(4, device=DEVICE)
+    for gamma in (0.0, 2.0):
+        _check_against_reference(
+            fused.softmax_focal_loss,
+            reference.softmax_focal_loss,
+            logits,
+            target,
+            alpha=alpha,
+            gamma=gamma,
+            reduction=reduction,
+        )
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("case", [name for name in NON_FINITE_ROWS if "ignored" not in name])
+def test_non_finite_logits_with_probability_targets_as_the_reference(
+    case: str, reduction: str
+) -> None:
+    logits, _ = non_finite_softmax_case(case, DEVICE)
+    probabilities = _probabilities(3, 4)
+    probabilities[0, 0] = 0.0  # no mass on the class the case makes non-finite: torch's nan
+    _check_probabilities(logits.float(), probabilities, reduction=reduction)
+    _check_probabilities(logits.float(), _probabilities(3, 4), reduction=reduction)
+
+
+# --- Second-order gradients: refused, never silently dropped --------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "focal", "probabilities"])
+def test_create_graph_raises(loss: str, reduction: str) -> None:
+    # A gradient penalty differentiates the gradient again; the kernels' gradients have no graph,
+    # so a second-order term through them would vanish without a word. They raise instead.
+    logits = _logits(5, 4).requires_grad_()
+    if loss == "probabilities":
+        value = fused.cross_entropy(logits, _probabilities(5, 4), reduction=reduction)
+    elif loss == "focal":
+        value = fused.softmax_focal_loss(logits, _targets(5, 4, ignored=False), reduction=reduction)
+    else:
+        value = fused.cross_entropy(logits, _targets(5, 4, ignored=False), reduction=reduction)
+    with pytest.raises(RuntimeError, match=r"first-order gradients only.*reference.softmax"):
+        torch.autograd.grad(value.sum(), logits, create_graph=True)
+
+
+# --- The interpreter prints no warning for finite inputs ------------------------------------------
+
+
+def test_no_numpy_warning_for_finite_inputs() -> None:
+    # Masked lanes and padding rows (7 rows in a program of 8) once made 0 x inf in numpy with
+    # label smoothing and a weight; every option, reduction and target kind now runs clean.
+    logits = _logits(7, 10).requires_grad_()
+    target = _targets(7, 10, ignored=True)
+    weight = torch.rand(10, device=DEVICE)
+    probabilities = _probabilities(7, 10).requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for reduction in ("none", "mean", "sum"):
+            for value in (
+                fused.cross_entropy(
+                    logits, target, weight, reduction=reduction, label_smoothing=0.1, z_loss_scale=1
+                ),
+                fused.softmax_focal_loss(logits, target, weight, 1.5, IGNORE, reduction),
+                fused.cross_entropy(
+                    logits, probabilities, weight, reduction=reduction, label_smoothing=0.1
+                ),
+            ):
+                value.backward(torch.full_like(value, 1.5))
