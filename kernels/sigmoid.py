@@ -811,7 +811,12 @@ def sigmoid_focal_loss(
     """
     _check_arguments(inputs, targets, None, None, reduction, "inputs", "targets")
     check_focal_options(alpha, gamma, negative_alpha_means_none=True)
-    loss_dtype = torch.result_type(inputs, targets) if targets.is_floating_point() else inputs.dtype
+    # torch.result_type of two tensors of one shape; promote_types is what dynamo can trace.
+    loss_dtype = (
+        torch.promote_types(inputs.dtype, targets.dtype)
+        if targets.is_floating_point()
+        else inputs.dtype
+    )
     return _sigmoid_loss(inputs, targets, None, None, reduction, True, alpha, gamma, loss_dtype)
 
 
