@@ -1,6 +1,7 @@
 """What every test file needs: gradients of a loss, upstream gradients, float64 upcasts, the
-comparison of a loss and its gradients with a float64 oracle, and nan-poisoned allocations (the
-``poisoned_allocations`` fixture of tests/conftest.py uses them).
+comparison of a loss and its gradients with a float64 oracle, nan-poisoned allocations (the
+``poisoned_allocations`` fixture of tests/conftest.py uses them), and the non-finite logits every
+loss is tested on.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from lossbench.bench.provenance import REPOSITORY_ROOT
 from lossbench.reference.tolerance import assert_close
 
 __all__ = [
+    "NON_FINITE_ROWS",
     "PROVENANCE",
     "REPOSITORY_ROOT",
     "assert_matches_float64",
     "benchmark_case",
     "loss_and_gradients",
     "nan_poisoned_allocations",
+    "non_finite_sigmoid_case",
+    "non_finite_softmax_case",
     "upcast",
     "upstream_gradient",
 ]

@@ -108,27 +108,9 @@ def _class_indices(sample: Sample) -> bool:
     return not sample.args[0].is_floating_point()
 
 
-# Every known difference between ours and torch on torch's own samples.
-DIFFERENCES = [
-    Difference(
-        implementation="kernels",
-        ops=("cross_entropy",),
-        dtypes=(torch.float64,),
-        when=_class_indices,
-        raises=TypeError,
-        reason="the kernels take fp32, fp16 or bf16 logits and raise for float64 (reference/ "
-        "computes in float64; probability targets run reference/ and agree)",
-        until="float64 kernels (issue 13, section 2)",
-    ),
-    Difference(
-        implementation="kernels",
-        ops=("binary_cross_entropy_with_logits",),
-        dtypes=(torch.float64,),
-        raises=TypeError,
-        reason="the kernels take fp32, fp16 or bf16 logits and raise for float64",
-        until="float64 kernels (issue 13, section 2)",
-    ),
-]
+# Every known difference between ours and torch on torch's own samples. None is left: the last
+# two (the kernels raised for float64 inputs) closed when the kernels learnt to compute in float64.
+DIFFERENCES: list[Difference] = []
 
 
 # --- The samples, drawn in a subprocess -----------------------------------------------------------
