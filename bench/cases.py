@@ -25,7 +25,7 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
 }
 PASSES = ("forward", "forward_backward")
-IMPLEMENTATIONS = ("torch", "compile", "reference", "triton", "liger")
+IMPLEMENTATIONS = ("torch", "compile", "reference", "triton", "triton+compile", "liger")
 
 # Class-index targets are int64, as torch's cross_entropy wants them.
 INDEX_BYTES = torch.empty((), dtype=torch.int64).element_size()
@@ -184,8 +184,9 @@ def _full_shapes(family: Family) -> tuple[tuple[int, int], ...]:
 
 
 PRESETS: dict[str, Preset] = {
-    # CI runs this with --benchmark-disable: one small shape, every loss, fp32, seconds. compile is
-    # left out because each compilation runs a C++ compiler for seconds on the CPU.
+    # CI runs this with --benchmark-disable: one small shape, every loss, fp32, seconds. compile and
+    # triton+compile are left out because each compilation runs a C++ compiler for seconds on
+    # the CPU.
     "tiny": Preset(
         "tiny",
         dtypes=("fp32",),
@@ -210,15 +211,17 @@ PRESETS: dict[str, Preset] = {
         # Five calls at least, so that the 20th and 80th percentiles are not just the extremes.
         min_rounds=5,
     ),
-    # The GPU default. Estimated (not yet measured) on an H200: 17 softmax shapes x (5 + 4)
-    # implementations + 16 sigmoid shapes x (4 + 4), x 2 dtypes x 2 passes = 1124 cases (the
-    # liger cases of the other three losses skip at once). Below 2^28 elements (816 cases) a case
-    # costs ~0.1 s: ~20 ms of pytest-benchmark rounds, ~35 ms of do_bench, the float64 agreement
-    # check, one peak-memory call and pytest's own work; from 2^28 to 2^30 elements (308 cases)
-    # ~0.35 s: eager peers take 1-50 ms a call (7 calls + do_bench's ~8) and the agreement check
-    # reads up to 2^30 elements in float64. 82 s + 108 s, plus ~32 torch.compile compilations at
-    # ~4 s on a cold cache: ~320 s. gpu_check.sh adds --max-minutes 4.5 as a guard: cases past
-    # it skip with that reason, the biggest shapes last.
+    # The GPU default. Estimated (not yet measured) on an H200, before triton+compile joined:
+    # 17 softmax shapes x (5 + 4) implementations + 16 sigmoid shapes x (4 + 4), x 2 dtypes x 2
+    # passes = 1124 cases (the liger cases of the other three losses skip at once). Below 2^28
+    # elements (816 cases) a case costs ~0.1 s: ~20 ms of pytest-benchmark rounds, ~35 ms of
+    # do_bench, the float64 agreement check, one peak-memory call and pytest's own work; from
+    # 2^28 to 2^30 elements (308 cases) ~0.35 s: eager peers take 1-50 ms a call (7 calls +
+    # do_bench's ~8) and the agreement check reads up to 2^30 elements in float64. 82 s + 108 s,
+    # plus ~32 torch.compile compilations at ~4 s on a cold cache: ~320 s. triton+compile adds
+    # (17 + 16) shapes x 2 losses x 2 dtypes x 2 passes = 264 cases and its own ~32
+    # compilations, by the same rates ~40 s + ~130 s: ~490 s in all, past the guard gpu_check.sh
+    # sets (--max-minutes 4.5): cases past it skip with that reason, the biggest shapes last.
     "full": Preset(
         "full",
         dtypes=("bf16", "fp32"),

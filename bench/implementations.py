@@ -83,25 +83,31 @@ def reference_function(spec: LossSpec, reduction: str) -> LossFunction:
     return _import_loss("lossbench.reference", spec, reduction)
 
 
-class _Compiled:
-    """torch.compile of the torch implementation; a failed compilation becomes ``UnavailableError``.
+def _torch_compile(function: LossFunction, *, fullgraph: bool) -> LossFunction:
+    """torch.compile of ``function`` with dynamic shapes.
 
     dynamic=True: one compilation serves every shape of a loss, dtype and pass, so a sweep of
     dozens of shapes costs a handful of compilations (on the CPU each one runs a C++ compiler for
     seconds). Shape-specialised compilation can be faster at a given shape.
     """
+    import torch._dynamo.config
+
+    # Dynamo recompiles per dtype, per pass (requires_grad) and per size regime the backend
+    # guards on, and counts against one limit per code object, which every compiled torch
+    # function shares (dynamo wraps them in one helper). The sweep needs ~48; past the limit,
+    # fail rather than fall back to eager silently.
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 128)
+    config.fail_on_recompile_limit_hit = True
+    return torch.compile(function, dynamic=True, fullgraph=fullgraph)
+
+
+class _CompiledPeer:
+    """torch.compile of the torch implementation; a failed compilation becomes
+    ``UnavailableError`` (torch's compiler is a peer's tool: where it cannot run, say why)."""
 
     def __init__(self, function: LossFunction) -> None:
-        import torch._dynamo.config
-
-        # Dynamo recompiles per dtype, per pass (requires_grad) and per size regime the backend
-        # guards on, and counts against one limit per code object, which every compiled
-        # torch function shares (dynamo wraps them in one helper). The sweep needs ~48; past the
-        # limit, fail rather than fall back to eager silently.
-        config = torch._dynamo.config
-        config.recompile_limit = max(config.recompile_limit, 128)
-        config.fail_on_recompile_limit_hit = True
-        self.compiled = torch.compile(function, dynamic=True)
+        self.compiled = _torch_compile(function, fullgraph=False)
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         try:
@@ -115,9 +121,18 @@ class _Compiled:
 
 
 @functools.cache
-def _compiled(loss: str) -> _Compiled:
+def _compiled(loss: str) -> _CompiledPeer:
     # One compiled object per loss for the whole session: dynamo caches per function anyway.
-    return _Compiled(_torch_function(LOSSES[loss]))
+    return _CompiledPeer(_torch_function(LOSSES[loss]))
+
+
+@functools.cache
+def _compiled_kernels(loss: str) -> LossFunction:
+    """The kernels' loss compiled with fullgraph=True: ours inside a compiled step, which shows
+    what compiling around the custom ops costs (under torch.compile a 'mean' loss computes its
+    gradient in backward: see kernels/softmax.py). A graph break or a failed compilation is a
+    failure of ours, raised as it is."""
+    return _torch_compile(_import_loss("lossbench.kernels", LOSSES[loss]), fullgraph=True)
 
 
 def load_implementation(loss: str, impl: str) -> Implementation:
@@ -129,11 +144,13 @@ def load_implementation(loss: str, impl: str) -> Implementation:
         return Implementation(impl, _compiled(loss), peer=True)
     if impl == "reference":
         return Implementation(impl, _import_loss("lossbench.reference", spec))
-    if impl == "triton":
+    if impl in ("triton", "triton+compile"):
         # Importing kernels chooses the interpreter when no GPU exists (kernels/__init__.py).
         function = _import_loss("lossbench.kernels", spec)
         from lossbench.kernels._common import INTERPRETED
 
+        if impl == "triton+compile":
+            function = _compiled_kernels(loss)
         return Implementation(impl, function, interpreted=INTERPRETED)
     if impl == "liger":
         return Implementation(impl, _liger_function(spec), peer=True, overwrites_logits=True)

@@ -5,9 +5,9 @@ A case:
 1. skips, with the reason, when the session's --max-minutes budget ran out, its implementation
    cannot run here or its memory estimate does not fit (or it runs out of memory after all);
 2. runs once on fresh random inputs and compares the loss (and the logits' gradient) with the
-   float64 reference; a disagreement of ours (reference, triton) FAILS the case, after it is
-   recorded, and is not timed; a peer's (torch, compile, liger) is timed as the baseline it is
-   and reported as an expected failure (xfail) with its errors;
+   float64 reference; a disagreement of ours (reference, triton, triton+compile) FAILS the case,
+   after it is recorded, and is not timed; a peer's (torch, compile, liger) is timed as the
+   baseline it is and reported as an expected failure (xfail) with its errors;
 3. under Triton's interpreter (no GPU) stops there: it skips the timing with that reason, since
    interpreter time is no kernel speed;
 4. measures the peak memory of one step beyond the inputs;

@@ -167,11 +167,13 @@ def check_focal_options(
     A tensor ``alpha`` is checked here for nothing but being a tensor: its shape and dtype by
     ``check_per_class``, its values by ``check_alpha_values`` (which reads them).
     """
-    if not (isinstance(gamma, numbers.Real) and math.isfinite(gamma) and gamma >= 0):
+    # Comparisons only (nan fails every one): under torch.compile(dynamic=True) a number may
+    # arrive as a SymFloat, which math.isfinite cannot trace and a comparison guards on.
+    if not (_is_number(gamma) and 0 <= gamma < math.inf):
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
     if alpha is None or isinstance(alpha, torch.Tensor):
         return
-    if not (isinstance(alpha, numbers.Real) and math.isfinite(alpha)):
+    if not (_is_number(alpha) and -math.inf < alpha < math.inf):
         raise ValueError(f"alpha must be a finite number, got {alpha!r}")
     if negative_alpha_means_none and alpha < 0:
         return
@@ -179,6 +181,13 @@ def check_focal_options(
         if negative_alpha_means_none:
             raise ValueError(f"alpha must be in [0, 1], or negative for no weighting; got {alpha}")
         raise ValueError(f"alpha must be in [0, 1], got {alpha}; use alpha=None for no weighting")
+
+
+def _is_number(value: object) -> bool:
+    """A real number: int, float, numpy's, or torch.compile's symbolic ones; not a bool."""
+    return isinstance(value, (numbers.Real, torch.SymInt, torch.SymFloat)) and not isinstance(
+        value, bool
+    )
 
 
 def check_alpha_values(alpha: torch.Tensor) -> None:
