@@ -45,9 +45,11 @@ class Tolerance:
 # (u ~ 4e-3), so a result rounded to them is a few units of that away from the exact value.
 #
 # rtol, fp16 and bf16: an fp16/bf16 result is rounded once from fp32 (u); a 'mean' or 'sum'
-# gradient under an upstream gradient other than 1 twice (stored in the forward pass, rounded again
-# when backward scales it), so up to 2u: 2^-10 ~ 9.8e-4 (fp16), 2^-7 ~ 7.8e-3 (bf16), plus the
-# fp32 error below. 1e-3 and 1e-2 (torch's assert_close uses 1e-3 and 1.6e-2).
+# cross-entropy gradient written over the logits (inplace_backward) under an upstream gradient
+# other than 1 twice (stored in the forward pass, rounded again when backward scales it), so up
+# to 2u: 2^-10 ~ 9.8e-4 (fp16), 2^-7 ~ 7.8e-3 (bf16), plus the fp32 error below. 1e-3 and 1e-2
+# (torch's assert_close uses 1e-3 and 1.6e-2). Every other gradient is rounded once whatever the
+# upstream (kernels/softmax.py; tests/test_kernels_rounding.py).
 # rtol, fp32: an fp32 exp(t) whose argument t was rounded (x_j - max, or t * log2(e) inside the
 # GPU's exp2) has a relative error of |t| u; entries of a softmax or sigmoid gradient that are
 # still normal fp32 numbers come from |t| < 88, so up to ~88 u ~ 5e-6 from the argument, as much
@@ -63,7 +65,8 @@ class Tolerance:
 #
 # Measured, the whole suite on the 2-core CPU (Triton's interpreter), 3 seeds: at most 0.1 of the
 # fp32 allowance, 0.93 of fp16's and 0.73 of bf16's (both the double rounding of a 'sum' gradient
-# under an upstream gradient), 0.011 of float64's; the largest atol any comparison needed was
+# under an upstream gradient, measured before the kernels rounded such a gradient once), 0.011 of
+# float64's; the largest atol any comparison needed was
 # 2.8e-8 (fp32, soft-target focal gradients) and 2.6e-17 (float64).
 TOLERANCE: dict[torch.dtype, Tolerance] = {
     torch.float64: Tolerance(normwise=1e-10, rtol=1e-10, atol=1e-13),
@@ -74,8 +77,8 @@ TOLERANCE: dict[torch.dtype, Tolerance] = {
 
 # Below its smallest normal number a dtype keeps a fixed absolute spacing instead of a relative
 # one (fp16: 2^-24 ~ 6e-8, reached by a 'mean' gradient over a few thousand elements; fp32 and
-# bf16: 1e-45 and 9e-41). Rounded twice (see rtol above), the second time after a scaling by an
-# upstream gradient of up to 3, a result there may be 2 spacings off.
+# bf16: 1e-45 and 9e-41). Rounded twice (inplace_backward, see rtol above), the second time after
+# a scaling by an upstream gradient of up to 3, a result there may be 2 spacings off.
 SUBNORMAL_SPACINGS = 2
 
 
