@@ -168,7 +168,8 @@ def estimated_peak_bytes(case: Case) -> int:
     logits = case.elements * element
     targets = case.batch * INDEX_BYTES if case.spec.family == "softmax" else logits
     gradient = logits if case.pass_ == "forward_backward" else 0
-    temporaries = 0 if case.impl in ("triton", "liger") else 4 * case.elements * 4
+    fused = ("triton", "triton+compile", "liger")
+    temporaries = 0 if case.impl in fused else 4 * case.elements * 4
     saved_logits = logits if case.impl == "liger" else 0
     agreement = 6 * 8 * (CHECK_CHUNK_ELEMENTS + GRADIENT_CHECK_ELEMENTS)
     return logits + targets + gradient + temporaries + saved_logits + agreement
