@@ -1230,14 +1230,14 @@ def _softmax_loss_forward(
         if focal and class_weight is not None:
             check_alpha_values(class_weight)
     options = _LossOptions(
-        focal,
-        ignore_index,
-        reduction,
-        grad is not None,
-        label_smoothing,
-        z_loss_scale,
-        gamma,
-        focal_alpha,
+        focal=focal,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        compute_grad=grad is not None,
+        label_smoothing=label_smoothing,
+        z_loss_scale=z_loss_scale,
+        gamma=gamma,
+        focal_alpha=focal_alpha,
     )
     _launch(
         logits,
@@ -1271,7 +1271,14 @@ def _softmax_loss_backward(
 ) -> None:
     """The backward launch of the class-index losses; see ``_launch``."""
     options = _LossOptions(
-        focal, ignore_index, reduction, True, label_smoothing, z_loss_scale, gamma, focal_alpha
+        focal=focal,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        compute_grad=True,
+        label_smoothing=label_smoothing,
+        z_loss_scale=z_loss_scale,
+        gamma=gamma,
+        focal_alpha=focal_alpha,
     )
     _launch(
         logits,
