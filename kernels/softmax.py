@@ -31,11 +31,9 @@ Paths, chosen from C (constants below):
   rescaled sum), then a second pass that writes the gradient: the logits are read twice, the
   second time last chunk first, so that the most recently read chunks are still in L2.
 
-reduction='none' cannot fold its upstream gradient into the forward pass: backward recomputes p
-from the logits and scales each row by its own upstream gradient. A row held in registers gets
-its max and log-sum again on the way (one read of the logits); a longer row reads them from
-memory, saved by the forward pass (O(N)), so that backward reads its logits once, not twice.
-Under torch.compile 'mean' and 'sum' do the same (see _SoftmaxLossFunction).
+reduction='none' cannot fold its upstream gradient into the forward pass: forward saves each row's
+max and log-sum (O(N)) and backward recomputes p from the logits and scales each row by its own
+upstream gradient. Under torch.compile 'mean' and 'sum' do the same (see _SoftmaxLossFunction).
 
 Targets of class probabilities (``input``'s shape) have a kernel of their own,
 ``_softmax_probability_loss_kernel``: logits and probabilities read once, the gradients with
@@ -1044,13 +1042,13 @@ def _launch(
     # I/O, with b bytes per logit and N the number of rows (N*S for (N, C, S) inputs):
     #   C <= MAX_FUSED_C, forward: read N*C*b logits once + N targets + N*b for the true-class
     #     logit (a gather in the row just read: cache); write N losses (+ N*C*b gradient when
-    #     computing it).
+    #     computing it, or 8N (fp32) row statistics for a backward that will).
     #   C > MAX_FUSED_C: the same, but with the gradient the logits are read twice (2 N*C*b):
     #     the row does not fit on chip; the second pass runs last chunk first to hit L2. A
-    #     forward that a backward will follow writes 8N (fp32) row statistics for it.
-    #   backward: read N*C*b logits (+ 8N statistics for C > MAX_FUSED_C) + N targets + N
-    #     upstream, write N*C*b; with skip_if_upstream_is_one and an upstream of 1: read one
-    #     scalar per program.
+    #     forward that a backward will follow writes the 8N row statistics for it.
+    #   backward: read N*C*b logits (+ 8N statistics, when saved) + N targets + N upstream,
+    #     write N*C*b; with skip_if_upstream_is_one and an upstream of 1: read one scalar per
+    #     program.
     # 'mean' adds torch ops over the N targets for the denominators (no host sync).
     n_samples, n_classes, n_spatial = logits.shape
     n_rows = n_samples * n_spatial
@@ -1395,8 +1393,8 @@ class _SoftmaxLossFunction(torch.autograd.Function):
       backward (``retain_graph=True``, gradcheck) computes the gradient anew in a new buffer.
       With inplace_backward the logits hold the gradient: backward scales it in place instead,
       and a second backward raises.
-    - 'none', and 'mean' and 'sum' under torch.compile: in backward, from the saved logits (and
-      row statistics, O(N), for rows too long for registers), with the upstream folded in. A
+    - 'none', and 'mean' and 'sum' under torch.compile: in backward, from the saved logits and
+      row statistics (O(N)), with the upstream folded in. A
       compiled backward cannot scale a buffer saved by its forward in place (inductor copies a
       saved tensor before an op mutates it: one more read and write of the gradient);
       recomputing reads the logits a second time and writes the gradient once, the cheapest a
@@ -1426,9 +1424,14 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         # written over them.
         recomputes = options.compute_grad and not (grad is not None and options.inplace_backward)
         row_stats = None
-        if recomputes and logits.shape[1] > MAX_FUSED_C:
-            # Rows held in registers get their max and log-sum again in backward at no cost;
-            # longer rows save them (O(N)) rather than read the logits a third time.
+        if recomputes and (grad is None or logits.shape[1] > MAX_FUSED_C):
+            # Each row's max and log-sum (O(N)) for backward. Rows too long for registers save
+            # them rather than have backward read the logits a third time; so does a forward
+            # that leaves the gradient to backward ('none', torch.compile), whose backward then
+            # needs fewer registers. A forward that writes the gradient, in registers, does not:
+            # storing them costs it registers (compiled offline for sm_90, Triton 3.8: 140
+            # against 128 for 256 rows of 10 classes, one program per SM instead of two), and
+            # its backward computes them only at an upstream gradient other than 1.
             row_stats = torch.empty((n_rows, 2), dtype=dtype, device=input.device)
         loss_dtype = input.dtype if reduction == "none" else dtype
         row_losses = torch.empty(n_rows, dtype=loss_dtype, device=input.device)
@@ -1540,8 +1543,8 @@ class _ProbabilityLossFunction(torch.autograd.Function):
             target_grad = torch.empty(target.shape, dtype=target.dtype, device=target.device)
         recomputes = wants_grads and not (in_forward and options.inplace_backward)
         row_stats = None
-        if recomputes and logits.shape[1] > PROBABILITY_MAX_FUSED_C:
-            # As in _SoftmaxLossFunction: only rows too long for registers save statistics.
+        if recomputes and (not in_forward or logits.shape[1] > PROBABILITY_MAX_FUSED_C):
+            # Saved by the same rule as in _SoftmaxLossFunction.
             row_stats = torch.empty((n_rows, 3), dtype=dtype, device=input.device)
         loss_dtype = result_dtype if reduction == "none" else dtype
         row_losses = torch.empty(n_rows, dtype=loss_dtype, device=input.device)

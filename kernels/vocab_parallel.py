@@ -45,17 +45,16 @@ import torch
 import torch.distributed as dist
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
 from lossbench.kernels._common import (
     INTERPRETED,
     REDUCTION_CODES,
+    check_first_order,
     check_kernel_device,
     check_no_gradient_wanted,
     scale_unless_one_,
 )
 from lossbench.kernels.softmax import (
-    _KERNEL_DTYPES,
     _MEAN,
     _as_rows,
     _block_shape,
@@ -78,6 +77,8 @@ from lossbench.reference.vocab_parallel import (
 
 # Rows per program of the elementwise ``_shares_kernel``: 4 KiB of fp32 per statistic.
 SHARES_BLOCK = 1024
+# The logits these kernels take: they compute in fp32 (the single-device kernels also take fp64).
+_SHARD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # --- Kernels ------------------------------------------------------------------------------------
@@ -174,10 +175,18 @@ def _shard_statistics_kernel(
             other=float("-inf"),
         ).to(tl.float32)
         class_weight = _class_weights(
-            local_weight_ptr, chunk, class_mask, HAS_WEIGHT and LABEL_SMOOTHING
+            local_weight_ptr, chunk, class_mask, HAS_WEIGHT and LABEL_SMOOTHING, False
         )
         row_max, rest, smooth, weight_seen = _fold_chunk(
-            x, class_weight, class_mask, row_max, rest, smooth, weight_seen, LABEL_SMOOTHING
+            x,
+            class_weight,
+            class_mask,
+            row_mask,
+            row_max,
+            rest,
+            smooth,
+            weight_seen,
+            LABEL_SMOOTHING,
         )
     tl.store(local_max_ptr + rows, row_max, mask=row_mask)
     tl.store(partial_ptr + rows, rest, mask=row_mask)
@@ -368,7 +377,7 @@ def _shard_loss_kernel(
                 other=float("-inf"),
             ).to(tl.float32)
             class_weight = _class_weights(
-                local_weight_ptr, chunk, class_mask, HAS_WEIGHT and LABEL_SMOOTHING
+                local_weight_ptr, chunk, class_mask, HAS_WEIGHT and LABEL_SMOOTHING, False
             )
             _store_gradient(
                 grad_ptr,
@@ -600,7 +609,9 @@ class _VocabParallelLossFunction(torch.autograd.Function):
         row_losses = torch.empty(n_rows, dtype=loss_dtype, device=input.device)
         inverse_denominators = None
         if reduction == "mean":
-            inverse_denominators = _inverse_denominators(rows_target, class_weight, options)
+            inverse_denominators = _inverse_denominators(
+                rows_target, class_weight, options, torch.float32
+            )
         _launch_loss(
             logits,
             rows_target,
@@ -628,10 +639,10 @@ class _VocabParallelLossFunction(torch.autograd.Function):
         return row_losses.sum().to(input.dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
     ) -> tuple[torch.Tensor, None, None, None, None]:
+        check_first_order("reference.vocab_parallel")
         options = ctx.options
         if options.reduction != "none":
             grad = ctx.gradient
@@ -685,9 +696,9 @@ def _check_kernel_arguments(
     """Raise before any collective unless this rank's arguments suit the kernels."""
     check_kernel_device(input=input, target=target, **per_class)
     class_dim = check_shard_arguments(input, target, process_group, class_offset, **per_class)
-    if input.dtype not in _KERNEL_DTYPES:
+    if input.dtype not in _SHARD_DTYPES:
         raise TypeError(
-            f"the kernels take fp32, fp16 or bf16 logits, got {input.dtype}; "
+            f"the vocabulary-parallel kernels take fp32, fp16 or bf16 logits, got {input.dtype}; "
             "reference.vocab_parallel computes in any floating dtype"
         )
     check_reduction(reduction)

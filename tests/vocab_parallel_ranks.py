@@ -196,7 +196,7 @@ def _focal_check(option: str, reduction: str) -> Callable[[Rank], None]:
         n_classes = sum(sizes)
         alpha, gamma = FOCAL_OPTIONS[option]
         if alpha == "tensor":
-            alpha = _weight(n_classes)
+            alpha = torch.rand(n_classes)  # per-class alpha lies in [0, 1] (the focal rule)
         target = _targets(n_classes, ignored=True)
         logits = torch.randn(N_ROWS, n_classes) * 3
         compare(
