@@ -393,6 +393,25 @@ def check_no_grad_writes_no_gradient(me: Rank) -> None:
 
 
 @check
+def check_create_graph_raises(me: Rank) -> None:
+    # First-order gradients only, as on one device: a second-order term through the kernels
+    # (a gradient penalty) would otherwise vanish without a word.
+    sizes = me.sizes()
+    local, offset = _slice(torch.randn(N_ROWS, sum(sizes)), sizes, me.rank)
+    logits = local.clone().requires_grad_()
+    target = _targets(sum(sizes))
+    for reduction in ("none", "mean"):
+        loss = fused.cross_entropy(
+            logits, target, reduction=reduction, process_group=me.group, class_offset=offset
+        )
+        _raises(
+            RuntimeError,
+            "first-order gradients only",
+            lambda loss=loss: torch.autograd.grad(loss.sum(), logits, create_graph=True),
+        )
+
+
+@check
 def check_empty_batch(me: Rank) -> None:
     # N = 0: the collectives carry only C; 'mean' over nothing is nan, as torch's.
     sizes = me.sizes()
