@@ -44,8 +44,40 @@ def _round_bf16_to_nearest_in_the_interpreter() -> None:
     builder.cast_impl = cast_impl
 
 
+def _dot_bf16_values_in_the_interpreter() -> None:
+    """Make the interpreter's ``tl.dot`` of bf16 operands multiply their values, as the GPU does.
+
+    The interpreter stores bf16 as uint16 bit patterns and its ``create_dot`` widens only 8-bit
+    floats before ``np.matmul``, so a bf16 ``tl.dot`` multiplies the bit patterns: results near
+    1e10 for operands in [-2, 2] (triton-lang/triton issue #11584, closed as "not supported yet";
+    Triton 3.8). Compiled, a bf16 ``tl.dot`` multiplies exactly (8-bit mantissas, a 16-bit product)
+    and accumulates in fp32; widening each operand to fp32 (exact) and multiplying in fp32 does
+    the same, up to the order of the additions. Operands that are not bf16 pass through, so the
+    patch is harmless once upstream converts them itself.
+    """
+    import numpy as np
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    bit_pattern_dot = builder.create_dot
+
+    def widened(operand):
+        if operand.dtype.scalar != tl.bfloat16 or operand.data.dtype != np.uint16:
+            return operand
+        values = (operand.data.astype(np.uint32) << 16).view(np.float32)
+        return interpreter.TensorHandle(values, tl.float32)
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return bit_pattern_dot(
+            self, widened(a), widened(b), d, input_precision, max_num_imprecise_acc
+        )
+
+    builder.create_dot = create_dot
+
+
 if INTERPRETED:
     _round_bf16_to_nearest_in_the_interpreter()
+    _dot_bf16_values_in_the_interpreter()
 
 
 # Compile-time codes for the REDUCTION constexpr of every kernel.

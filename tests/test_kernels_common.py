@@ -1,4 +1,5 @@
-"""kernels/_common.py: the device check, the upstream-gradient scaling, the interpreter's bf16."""
+"""kernels/_common.py: the device check, the upstream-gradient scaling, the interpreter's bf16
+(casts and tl.dot)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,27 @@ def test_fp32_to_bf16_rounds_to_nearest_even_like_torch() -> None:
     expected = source.to(torch.bfloat16)
     assert torch.equal(cast.isnan(), expected.isnan())
     assert torch.equal(cast[~cast.isnan()], expected[~expected.isnan()])
+
+
+@triton.jit
+def _dot_kernel(a_ptr, b_ptr, c_ptr, M: tl.constexpr, N: tl.constexpr, K: tl.constexpr):
+    """One program multiplies the (M, K) and (K, N) row-major operands into fp32 (M, N)."""
+    rows, columns, inner = tl.arange(0, M), tl.arange(0, N), tl.arange(0, K)
+    a = tl.load(a_ptr + rows[:, None] * K + inner[None, :])
+    b = tl.load(b_ptr + inner[:, None] * N + columns[None, :])
+    # ieee: on a GPU, fp32 operands would otherwise multiply in TF32 (10-bit mantissas).
+    tl.store(c_ptr + rows[:, None] * N + columns[None, :], tl.dot(a, b, input_precision="ieee"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_dot_multiplies_values(dtype: torch.dtype) -> None:
+    # Unpatched, the interpreter's bf16 tl.dot multiplies the uint16 bit patterns (~1e10 here).
+    # Products of 16-bit floats are exact in fp32, so fp32 accumulation is all that differs.
+    a = torch.randn(16, 32, device=KERNEL_DEVICE).to(dtype)
+    b = torch.randn(32, 16, device=KERNEL_DEVICE).to(dtype)
+    product = torch.full((16, 16), float("nan"), device=KERNEL_DEVICE)
+    _dot_kernel[(1,)](a, b, product, M=16, N=16, K=32)
+    assert_close(product, a.double() @ b.double(), torch.float32, "tl.dot")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
