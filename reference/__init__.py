@@ -4,6 +4,7 @@ Each function keeps the signature, defaults and semantics of the torch or torchv
 mirrors; ``tolerance`` holds how close a lower-precision result must come to it.
 """
 
+from lossbench.reference.linear import LinearCrossEntropyLoss, linear_cross_entropy
 from lossbench.reference.sigmoid import (
     BCELoss,
     BCEWithLogitsLoss,
@@ -24,12 +25,14 @@ __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
+    "LinearCrossEntropyLoss",
     "SigmoidFocalLoss",
     "SoftmaxFocalLoss",
     "ZeroOneLoss",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "linear_cross_entropy",
     "sigmoid_focal_loss",
     "softmax_focal_loss",
     "zero_one_loss",

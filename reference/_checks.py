@@ -199,3 +199,67 @@ def check_alpha_values(alpha: torch.Tensor) -> None:
         raise ValueError(
             "alpha must lie in [0, 1] for every class; use alpha=None for no weighting"
         )
+
+
+def check_linear_layer(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    linear_bias: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    softcap: float | None,
+) -> bool:
+    """Raise unless the arguments of a linear cross-entropy fit together; return whether
+    ``target`` holds class probabilities (a floating target) rather than class indices.
+
+    ``input`` (..., D) with at least one dimension; ``linear_weight`` (V, D) with V >= 1;
+    ``linear_bias`` and ``weight`` (V,); all floating and of ``input``'s dtype (``TypeError``).
+    ``target``: class indices of shape ``input.shape[:-1]`` or probabilities of shape
+    ``input.shape[:-1] + (V,)``; shapes that do not fit raise ``ValueError`` naming them.
+    ``softcap``: None or finite > 0. The values of an index target are not read here.
+    """
+    check_floating("input", input)
+    if input.dim() == 0:
+        raise ValueError("input must have a feature dimension, shape (D,), (N, D) or (..., D)")
+    if linear_weight.dim() != 2:
+        raise ValueError(
+            f"linear_weight must have shape (V, D), got shape {tuple(linear_weight.shape)}"
+        )
+    n_classes, n_features = linear_weight.shape
+    if n_classes == 0:
+        raise ValueError("linear_weight must have at least one class (row), got shape (0, D)")
+    if input.shape[-1] != n_features:
+        raise ValueError(
+            f"input's last dimension must be linear_weight's D = {n_features}, got input of "
+            f"shape {tuple(input.shape)} and linear_weight of shape {tuple(linear_weight.shape)}"
+        )
+    for name, tensor in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
+        if tensor is not None:
+            check_floating(name, tensor)
+            if tensor.dtype != input.dtype:
+                raise TypeError(f"{name} must have input's dtype {input.dtype}, got {tensor.dtype}")
+    for name, tensor in (("linear_bias", linear_bias), ("weight", weight)):
+        if tensor is not None and tensor.shape != (n_classes,):
+            raise ValueError(
+                f"{name} must have shape ({n_classes},), one entry per class (row of "
+                f"linear_weight), got shape {tuple(tensor.shape)}"
+            )
+    if weight is not None:
+        check_floating("weight", weight)
+        if weight.dtype != input.dtype:
+            raise TypeError(f"weight must have input's dtype {input.dtype}, got {weight.dtype}")
+    if softcap is not None and not 0.0 < softcap < math.inf:
+        raise ValueError(f"softcap must be None or finite and > 0, got {softcap}")
+    rows_shape = input.shape[:-1]
+    is_probabilities = target.is_floating_point()
+    expected = torch.Size((*rows_shape, n_classes)) if is_probabilities else rows_shape
+    if target.shape != expected:
+        what = "class probabilities" if is_probabilities else "class indices"
+        raise ValueError(
+            f"a target of {what} must have shape {tuple(expected)} for input of shape "
+            f"{tuple(input.shape)} and linear_weight of shape {tuple(linear_weight.shape)}, "
+            f"got target of shape {tuple(target.shape)}"
+        )
+    if not is_probabilities and (target.dtype == torch.bool or target.is_complex()):
+        raise TypeError(f"target of class indices must have an integer dtype, got {target.dtype}")
+    return is_probabilities

@@ -25,6 +25,7 @@ __all__ = [
     "assert_matches_float64",
     "benchmark_case",
     "loss_and_gradients",
+    "loss_and_named_gradients",
     "nan_poisoned_allocations",
     "non_finite_sigmoid_case",
     "non_finite_softmax_case",
@@ -81,6 +82,30 @@ def nan_poisoned_allocations() -> Iterator[None]:
         mock.patch.object(torch, "empty_like", lambda *a, **k: poisoned(empty_like(*a, **k))),
     ):
         yield
+
+
+def loss_and_named_gradients(
+    function: Callable[..., Tensor],
+    differentiable: Mapping[str, Tensor | None],
+    upstream: Tensor | None = None,
+    **constants: object,
+) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """``function(**differentiable, **constants)``, its gradient w.r.t. each tensor of
+    ``differentiable`` by name, and the upstream gradient it was given.
+
+    Each tensor is detached and made a leaf that requires grad (None entries are passed as
+    None and get no gradient); ``upstream`` None draws one with :func:`upstream_gradient`.
+    """
+    leaves = {
+        name: None if tensor is None else tensor.detach().requires_grad_()
+        for name, tensor in differentiable.items()
+    }
+    loss = function(**leaves, **constants)
+    if upstream is None:
+        upstream = upstream_gradient(loss)
+    names = [name for name, leaf in leaves.items() if leaf is not None]
+    gradients = torch.autograd.grad(loss, [leaves[name] for name in names], upstream)
+    return loss, dict(zip(names, gradients, strict=True)), upstream
 
 
 def upcast(options: Mapping[str, object]) -> dict[str, object]:
