@@ -194,8 +194,10 @@ def cpu_allocation_peak(step: Step) -> int:
 
     tracemalloc cannot see torch's allocator, so this asks torch's profiler: with
     profile_memory=True it records every allocation and free of torch's CPU allocator, with its
-    size (negative for a free). Frees of memory allocated before the step are not recorded, so
-    the inputs never count.
+    size (negative for a free) and address. Only frees of blocks allocated during the step count:
+    the profiler also reports the free of a block it saw allocated in an earlier profiled step
+    (Triton's interpreter, for one, holds the last launch's arguments until the next launch), and
+    counting those would subtract memory the step never allocated. The inputs never count.
     """
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
@@ -214,9 +216,17 @@ def cpu_allocation_peak(step: Step) -> int:
         key=lambda event: event.start_time_ns,
     )
     allocated = peak = 0
+    live: set[int] = set()
     for event in allocations:
         fields = event.typed[1]
-        if fields.device.type == "cpu":
-            allocated += fields.alloc_size
-            peak = max(peak, allocated)
+        if fields.device.type != "cpu":
+            continue
+        if fields.alloc_size > 0:
+            live.add(fields.ptr)
+        elif fields.ptr in live:
+            live.discard(fields.ptr)
+        else:
+            continue  # a block allocated before the step
+        allocated += fields.alloc_size
+        peak = max(peak, allocated)
     return peak
