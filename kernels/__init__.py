@@ -31,6 +31,8 @@ _MODULE_OF = {
     "SigmoidFocalLoss": "sigmoid",
     "binary_cross_entropy_with_logits": "sigmoid",
     "sigmoid_focal_loss": "sigmoid",
+    "LinearCrossEntropyLoss": "linear",
+    "linear_cross_entropy": "linear",
     "CrossEntropyLoss": "softmax",
     "SoftmaxFocalLoss": "softmax",
     "cross_entropy": "softmax",

@@ -127,6 +127,45 @@ def _vocab_parallel_case(
     return run
 
 
+def _linear_case(
+    dtype: torch.dtype,
+    reduction: str,
+    with_options: bool = False,
+    filter_eps: float | None = None,
+) -> Callable[[], None]:
+    """Forward and backward of the linear cross-entropy: 300 rows of D = 100 (not a multiple of
+    the tile depth), V = 1000 classes (not a multiple of the class block), bias."""
+
+    def run() -> None:
+        from lossbench.kernels.linear import linear_cross_entropy
+
+        n_rows, n_features, n_classes = 300, 100, 1000
+        input = torch.randn(n_rows, n_features, dtype=dtype, requires_grad=True)
+        linear_weight = torch.randn(n_classes, n_features, dtype=dtype, requires_grad=True)
+        linear_bias = torch.randn(n_classes, dtype=dtype, requires_grad=True)
+        target = torch.randint(0, n_classes, (n_rows,))
+        options = {}
+        if with_options:
+            options = {
+                "weight": torch.rand(n_classes, dtype=dtype),
+                "label_smoothing": 0.1,
+                "z_loss_scale": 1e-4,
+                "softcap": 30.0,
+            }
+        loss = linear_cross_entropy(
+            input,
+            linear_weight,
+            target,
+            linear_bias=linear_bias,
+            reduction=reduction,
+            filter_eps=filter_eps,
+            **options,
+        )
+        loss.backward(torch.full_like(loss, 2.0))
+
+    return run
+
+
 # Sizes pick the launcher's paths: 1024 x 10 stacks 256 rows per program; 16384 classes is the
 # longest row held in registers (32 warps, at the 64-register limit with every option on);
 # 32000 (a language model's vocabulary) runs the chunked online softmax; (2, 19, 8, 8) is
@@ -216,6 +255,16 @@ CASES: dict[str, Callable[[], None]] = {
     "vocab-parallel focal none forward and backward, chunked 32000-class slice, bf16": (
         _vocab_parallel_case(32000, torch.bfloat16, "none", focal=True)
     ),
+    "linear CE mean, bias, bf16": _linear_case(torch.bfloat16, "mean"),
+    "linear CE weight+smoothing+z-loss+softcap none, bias, bf16": _linear_case(
+        torch.bfloat16, "none", with_options=True
+    ),
+    "linear CE sum, bias, gradient filter, bf16": _linear_case(
+        torch.bfloat16, "sum", filter_eps=1e-4
+    ),
+    "linear CE weight+smoothing+z-loss+softcap mean, bias, fp32": _linear_case(
+        torch.float32, "mean", with_options=True
+    ),
 }
 
 
@@ -250,13 +299,20 @@ def _compile_every_launch() -> dict[str, object]:
     triton.runtime.driver.set_active(OfflineDriver())
 
     from lossbench import kernels
-    from lossbench.kernels import _common, sigmoid, softmax, vocab_parallel  # noqa: F401
+    from lossbench.kernels import _common, linear, sigmoid, softmax, vocab_parallel  # noqa: F401
 
     # The tensors live on the CPU while the launchers expect CUDA: skip the device check, and
     # give the persistent grid of _scale_unless_one_kernel an H200's 132 SMs.
-    for module in (kernels.softmax, kernels.sigmoid, kernels._common, kernels.vocab_parallel):
+    for module in (
+        kernels.softmax,
+        kernels.sigmoid,
+        kernels._common,
+        kernels.vocab_parallel,
+        kernels.linear,
+    ):
         module.check_kernel_device = lambda **tensors: None
     kernels._common.multiprocessor_count = lambda device: 132
+    kernels.linear.multiprocessor_count = lambda device: 132
 
     launches: list[dict[str, object]] = []
     current_case = [""]
@@ -271,6 +327,9 @@ def _compile_every_launch() -> dict[str, object]:
         kernels.vocab_parallel._shard_statistics_kernel,
         kernels.vocab_parallel._shares_kernel,
         kernels.vocab_parallel._shard_loss_kernel,
+        kernels.linear._partial_logsumexp_kernel,
+        kernels.linear._row_loss_kernel,
+        kernels.linear._backward_kernel,
     )
     for kernel in kernel_functions:
         launch = kernel.run
@@ -339,6 +398,9 @@ def test_kernels_compile_for_sm90_and_fit_in_registers(tmp_path: Path) -> None:
         "_shard_statistics_kernel",
         "_shares_kernel",
         "_shard_loss_kernel",
+        "_partial_logsumexp_kernel",
+        "_row_loss_kernel",
+        "_backward_kernel",
     }
     for launch in launches:
         assert launch["registers"] is not None, (
