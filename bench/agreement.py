@@ -4,7 +4,9 @@ The checks of ``lossbench.reference.tolerance``, in bounded memory for the large
 normwise relative error of the loss and of the logits' gradient, and the gradient's elementwise
 error (its worst entry, in units of what the dtype allows it), which catches an error confined to
 the small off-target entries that the normwise one cannot see. The loss is one number: for it the
-normwise check is the elementwise one.
+normwise check is the elementwise one. For the linear loss the same checks of the loss and of the
+gradients of the hidden states and of the classifier, on few enough rows that the float64
+reference (which materialises the logits) stays quick.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ GRADIENT_CHECK_ELEMENTS = 2**24
 # Triton's interpreter runs one program at a time in numpy: it checks agreement on at most this
 # many elements (fewer rows of the same class count).
 INTERPRETER_ELEMENTS = 2**15
+# The linear loss is checked on at most this many multiply-adds of logits, rows x D x V (fewer
+# rows, the same D and V, every class and d W included): at CCE's Table 1 shape (D 2304, V 256000)
+# that is 116 rows, whose float64 reference (forward and backward, 4e11 flops and 1.4 GB) takes
+# milliseconds at an H200's float64 rate (67 TFLOP/s, its specification), where all 8192 rows
+# would take 2.9e16 flops (derived, not measured). The quick CPU shapes stay whole. The Triton
+# interpreter gets 2^15 logits (rows x V), as for the other losses.
+LINEAR_AGREEMENT_MACS = 2**36
 
 
 @dataclass(frozen=True)
@@ -35,7 +44,9 @@ class Agreement:
     ``grad_elementwise_error``: the gradient's worst entry in units of its elementwise allowance
     (``rtol |expected| + atol max|expected|``), at most 1. The gradient's are None for the forward
     pass; ``gradient_rows`` says on how many rows they were measured (all rows up to
-    GRADIENT_CHECK_ELEMENTS elements).
+    GRADIENT_CHECK_ELEMENTS elements). For the linear loss ``grad_error`` is the hidden states'
+    gradient, ``weight_grad_error`` the classifier's, and ``grad_elementwise_error`` the worse of
+    the two gradients' elementwise errors.
     """
 
     loss_error: float
@@ -43,10 +54,11 @@ class Agreement:
     grad_elementwise_error: float | None
     tolerance: float
     gradient_rows: int
+    weight_grad_error: float | None = None
 
     @property
     def passed(self) -> bool:
-        errors = [self.loss_error, self.grad_error]
+        errors = [self.loss_error, self.grad_error, self.weight_grad_error]
         normwise = all(error <= self.tolerance for error in errors if error is not None)
         elementwise = self.grad_elementwise_error
         return normwise and (elementwise is None or elementwise <= 1)
@@ -58,6 +70,8 @@ class Agreement:
                 f", gradient error {self.grad_error:.2g} and elementwise "
                 f"{self.grad_elementwise_error:.2g} x allowed ({self.gradient_rows} rows)"
             )
+        if self.weight_grad_error is not None:
+            text += f", weight gradient error {self.weight_grad_error:.2g}"
         return f"{text}, tolerance {self.tolerance:g}"
 
 
@@ -119,3 +133,54 @@ def check_agreement(
         grad_elementwise_error = elementwise_error(grad[rows], expected, dtype)
         checked_rows = len(rows)
     return Agreement(loss_error, grad_error, grad_elementwise_error, tolerance(dtype), checked_rows)
+
+
+def linear_agreement_rows(batch: int, hidden: int, classes: int, interpreted: bool) -> int:
+    """Rows of a linear-loss case its agreement is checked on (``LINEAR_AGREEMENT_MACS``, or
+    ``INTERPRETER_ELEMENTS`` logits under the interpreter): at least one, at most ``batch``."""
+    budget = (
+        INTERPRETER_ELEMENTS // classes
+        if interpreted
+        else LINEAR_AGREEMENT_MACS // (hidden * classes)
+    )
+    return max(1, min(batch, budget))
+
+
+def check_linear_agreement(
+    dtype: torch.dtype,
+    hidden: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    loss: torch.Tensor,
+    grad_hidden: torch.Tensor | None,
+    grad_weight: torch.Tensor | None,
+) -> Agreement:
+    """Compare the linear loss ``loss`` (reduction 'mean') and, when given, the gradients of
+    ``hidden`` (N, D) and ``linear_weight`` (V, D) with the float64 reference on the same
+    values, every row and every class."""
+    from lossbench.reference.linear import linear_cross_entropy
+    from lossbench.reference.tolerance import elementwise_error, relative_error, tolerance
+
+    upcast = [hidden.detach().double(), linear_weight.detach().double()]
+    wants_grad = grad_hidden is not None
+    for tensor in upcast:
+        tensor.requires_grad_(wants_grad)
+    with torch.set_grad_enabled(wants_grad):
+        expected = linear_cross_entropy(*upcast, target)
+    grad_error = weight_grad_error = grad_elementwise_error = None
+    if wants_grad:
+        expected.backward()
+        grad_error = relative_error(grad_hidden, upcast[0].grad)
+        weight_grad_error = relative_error(grad_weight, upcast[1].grad)
+        grad_elementwise_error = max(
+            elementwise_error(grad_hidden, upcast[0].grad, dtype),
+            elementwise_error(grad_weight, upcast[1].grad, dtype),
+        )
+    return Agreement(
+        relative_error(loss, expected.detach()),
+        grad_error,
+        grad_elementwise_error,
+        tolerance(dtype),
+        len(hidden) if wants_grad else 0,
+        weight_grad_error,
+    )

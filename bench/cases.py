@@ -1,10 +1,13 @@
-"""What the harness measures: the losses, the cases, the presets, and the bytes each case moves.
+"""What the harness measures: the losses, the cases, the presets, and the work each case does.
 
-A case is one loss x implementation x dtype x batch x classes x pass (the implementations
-themselves are in lossbench.bench.implementations). Inputs per loss family:
+A case is one loss x implementation x dtype x shape x pass (the implementations themselves are
+in lossbench.bench.implementations); the shape is batch N x classes C, and for the linear loss
+tokens N x hidden D x vocabulary V (``batch``, ``hidden``, ``classes``). Inputs per loss family:
 
 - softmax losses take logits (N, C) and int64 class indices (N,);
-- sigmoid losses take logits (N, C) and multi-label 0/1 targets (N, C) in the logits' dtype.
+- sigmoid losses take logits (N, C) and multi-label 0/1 targets (N, C) in the logits' dtype;
+- the linear loss takes hidden states (N, D), the classifier (V, D) and int64 indices (N,): the
+  logits are its business (``linear_cross_entropy``).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Literal
 
 import torch
 
-LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Family = Literal["softmax", "sigmoid"]
+# (logits, target) -> loss; the linear loss takes (hidden, linear_weight, target).
+LossFunction = Callable[..., torch.Tensor]
+Family = Literal["softmax", "sigmoid", "linear"]
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -25,7 +29,25 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
 }
 PASSES = ("forward", "forward_backward")
-IMPLEMENTATIONS = ("torch", "compile", "reference", "triton", "triton+compile", "liger")
+IMPLEMENTATIONS = (
+    "torch",
+    "compile",
+    "torch-chunked",
+    "reference",
+    "triton",
+    "triton+compile",
+    "liger",
+    "cce",
+    "cce-filter",
+)
+# The implementations each family runs (a case is generated only for these): torch's chunked
+# linear cross-entropy and Cut Cross-Entropy exist for the linear loss alone.
+FAMILY_IMPLEMENTATIONS: dict[str, tuple[str, ...]] = {
+    "softmax": ("torch", "compile", "reference", "triton", "triton+compile", "liger"),
+    "sigmoid": ("torch", "compile", "reference", "triton", "triton+compile", "liger"),
+    # triton+compile needs the linear kernel registered as a custom op, which it is not (yet).
+    "linear": tuple(impl for impl in IMPLEMENTATIONS if impl != "triton+compile"),
+}
 
 # Class-index targets are int64, as torch's cross_entropy wants them.
 INDEX_BYTES = torch.empty((), dtype=torch.int64).element_size()
@@ -40,8 +62,9 @@ class LossSpec:
     options: dict[str, float] = field(default_factory=dict)
 
     def mean_denominator(self, batch: int, classes: int) -> int:
-        """How many terms reduction='mean' averages: rows for softmax, elements for sigmoid."""
-        return batch if self.family == "softmax" else batch * classes
+        """How many terms reduction='mean' averages: rows for softmax (and linear), elements for
+        sigmoid."""
+        return batch * classes if self.family == "sigmoid" else batch
 
 
 # Focal losses use the RetinaNet settings (torchvision's defaults): alpha 0.25, gamma 2.
@@ -52,13 +75,17 @@ LOSSES: dict[str, LossSpec] = {
         LossSpec("softmax_focal_loss", "softmax", {"alpha": 0.25, "gamma": 2.0}),
         LossSpec("binary_cross_entropy_with_logits", "sigmoid"),
         LossSpec("sigmoid_focal_loss", "sigmoid", {"alpha": 0.25, "gamma": 2.0}),
+        LossSpec("linear_cross_entropy", "linear"),
     )
 }
+# The one loss of the linear family: a classifier layer fused with the cross-entropy.
+LINEAR_LOSS = "linear_cross_entropy"
 
 
 @dataclass(frozen=True)
 class Case:
-    """One measurement: ``loss`` by ``impl`` in ``dtype`` on a (batch, classes) problem."""
+    """One measurement: ``loss`` by ``impl`` in ``dtype`` on a (batch, classes) problem, or
+    (batch, hidden, classes) for the linear loss; ``hidden`` is 0 for the losses of logits."""
 
     loss: str
     impl: str
@@ -66,10 +93,14 @@ class Case:
     batch: int
     classes: int
     pass_: str
+    hidden: int = 0
 
     @property
     def id(self) -> str:
-        return f"{self.loss}-{self.impl}-{self.dtype}-{self.batch}x{self.classes}-{self.pass_}"
+        shape = f"{self.batch}x{self.classes}"
+        if self.hidden:
+            shape = f"{self.batch}x{self.hidden}x{self.classes}"
+        return f"{self.loss}-{self.impl}-{self.dtype}-{shape}-{self.pass_}"
 
     @property
     def spec(self) -> LossSpec:
@@ -80,11 +111,19 @@ class Case:
         return DTYPES[self.dtype]
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        """(batch, classes), or (batch, hidden, classes) for the linear loss, as PEER_SHAPES."""
+        if self.hidden:
+            return (self.batch, self.hidden, self.classes)
+        return (self.batch, self.classes)
+
+    @property
     def elements(self) -> int:
+        """Logits of the case: N x C (materialised or not)."""
         return self.batch * self.classes
 
 
-# --- Bytes moved ------------------------------------------------------------------------------
+# --- Work: bytes moved, flops -----------------------------------------------------------------
 
 
 def bytes_moved(loss: str, batch: int, classes: int, dtype: str, pass_: str) -> int:
@@ -107,27 +146,51 @@ def bytes_moved(loss: str, batch: int, classes: int, dtype: str, pass_: str) -> 
     return moved
 
 
+def model_flops(batch: int, hidden: int, classes: int, pass_: str) -> int:
+    """The multiply-add work of the linear loss, counted alike for every implementation.
+
+    forward: the logits, 2 N D V flops; forward_backward adds d input = dz W and d W = dz^T x,
+    2 N D V each: 6 N D V (model flops, as MFU counts them; the softmax over N x V is O(N V),
+    negligible against D). An implementation that recomputes the logits in backward, as Cut
+    Cross-Entropy and kernels/linear.py do, executes 8 N D V: its tensor cores are 4/3 as busy
+    as its model-flop rate says.
+    """
+    logits = 2 * batch * hidden * classes
+    return logits if pass_ == "forward" else 3 * logits
+
+
 # --- Inputs -----------------------------------------------------------------------------------
 
 
 def make_inputs(
     case: Case, device: torch.device, batch: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fresh random logits (N, C) in the case's dtype, and targets as the loss family takes them.
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Fresh random differentiable inputs in the case's dtype, and targets as the loss takes them.
 
-    Logits are standard normal, so softmax rows are far from one-hot and no gradient is zero.
-    ``batch`` overrides the case's batch (the interpreter checks agreement on fewer rows).
-    Logits require a gradient for the forward_backward pass only.
+    Losses of logits: ``((logits,), target)``, logits (N, C) standard normal, so softmax rows
+    are far from one-hot and no gradient is zero. The linear loss: ``((hidden, linear_weight),
+    target)``, hidden (N, D) standard normal and linear_weight (V, D) with entries of standard
+    deviation 1 / sqrt(D), so that the logits are standard normal too, as at a language model's
+    initialisation. ``batch`` overrides the case's batch (agreement is checked on fewer rows in
+    the interpreter, and for the linear loss wherever the float64 check would be too long).
+    The inputs require a gradient for the forward_backward pass only.
     """
     rows = case.batch if batch is None else batch
-    logits = torch.randn(rows, case.classes, device=device, dtype=case.torch_dtype)
-    if case.spec.family == "softmax":
-        target = torch.randint(0, case.classes, (rows,), device=device)
+    dtype = case.torch_dtype
+    if case.spec.family == "linear":
+        hidden = torch.randn(rows, case.hidden, device=device, dtype=dtype)
+        linear_weight = torch.randn(case.classes, case.hidden, device=device)
+        inputs = (hidden, linear_weight.mul_(case.hidden**-0.5).to(dtype))
     else:
+        inputs = (torch.randn(rows, case.classes, device=device, dtype=dtype),)
+    if case.spec.family == "sigmoid":
         # Drawn in the logits' dtype: an int64 draw would take 8 bytes per label first.
-        target = torch.randint(0, 2, (rows, case.classes), device=device, dtype=case.torch_dtype)
-    logits.requires_grad_(case.pass_ == "forward_backward")
-    return logits, target
+        target = torch.randint(0, 2, (rows, case.classes), device=device, dtype=dtype)
+    else:
+        target = torch.randint(0, case.classes, (rows,), device=device)
+    for tensor in inputs:
+        tensor.requires_grad_(case.pass_ == "forward_backward")
+    return inputs, target
 
 
 # --- Presets ----------------------------------------------------------------------------------
@@ -143,7 +206,8 @@ class Preset:
 
     name: str
     dtypes: tuple[str, ...]
-    shapes: dict[Family, tuple[tuple[int, int], ...]]
+    # (batch, classes) per family; (batch, hidden, classes) for the linear loss.
+    shapes: dict[Family, tuple[tuple[int, ...], ...]]
     impls: tuple[str, ...] = IMPLEMENTATIONS
     timing_budget_s: float = 0.1
     min_rounds: int = 3
@@ -159,13 +223,29 @@ def _grid(batches: tuple[int, ...], classes: tuple[int, ...], max_elements: int)
 # first in the full sweep. Softmax: a million rows of 10 classes (launch- and instruction-bound),
 # ImageNet's 1000 classes, and two language-model vocabularies. Sigmoid: a wide multi-label
 # problem, and COCO's 80 classes.
-PEER_SHAPES: dict[Family, tuple[tuple[int, int], ...]] = {
+# Linear: CCE's Table 1 (Gemma 2's 2B: 8192 tokens, hidden 2304, vocabulary 256000; arXiv
+# 2411.09009, published A100 figures in lossbench.bench.summary) and Liger-Kernel's benchmark of
+# its fused linear cross-entropy (hidden 4096, Llama 3's vocabulary 128256, 4096 to 32768 tokens).
+PEER_SHAPES: dict[Family, tuple[tuple[int, ...], ...]] = {
     "softmax": ((1048576, 10), (65536, 1000), (8192, 32768), (8192, 131072)),
     "sigmoid": ((8192, 16384), (65536, 80)),
+    "linear": (
+        (8192, 2304, 256000),
+        (4096, 4096, 128256),
+        (8192, 4096, 128256),
+        (16384, 4096, 128256),
+        (32768, 4096, 128256),
+    ),
 }
 
 
-def _full_shapes(family: Family) -> tuple[tuple[int, int], ...]:
+def _full_shapes(family: Family) -> tuple[tuple[int, ...], ...]:
+    if family == "linear":
+        # The peer shapes, and a vocabulary sweep at CCE's 8192 tokens and hidden 2304 (GPT-2's
+        # 50257, Llama 2's 32000, Llama 3's 128256) for the memory-against-V plot.
+        vocabulary = {(8192, 2304, v) for v in (32000, 50257, 128256)}
+        shapes = set(PEER_SHAPES["linear"]) | vocabulary
+        return tuple(sorted(shapes, key=lambda shape: (shape[0] * shape[2], shape)))
     # A class sweep at batch 8192, powers of two and the non-powers 10, 80 (COCO), 1000 and 50257
     # (GPT-2's vocabulary); 262144 classes at batch 4096. A batch sweep (1024 to 1M rows) at three
     # class counts fills the heatmap. Capped at 2^30 elements (2 GiB of bf16 logits, 4 GiB of
@@ -190,8 +270,8 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         "tiny",
         dtypes=("fp32",),
-        shapes={"softmax": ((16, 10),), "sigmoid": ((16, 10),)},
-        impls=("torch", "reference", "triton", "liger"),
+        shapes={"softmax": ((16, 10),), "sigmoid": ((16, 10),), "linear": ((16, 8, 40),)},
+        impls=("torch", "torch-chunked", "reference", "triton", "liger", "cce"),
         timing_budget_s=0.01,
         min_rounds=1,
     ),
@@ -206,6 +286,16 @@ PRESETS: dict[str, Preset] = {
         shapes={
             "softmax": ((512, 10), (64, 1000), (512, 1000), (32, 32768)),
             "sigmoid": ((512, 10), (64, 1000), (512, 1000), (32, 32768)),
+            # Small enough for the Triton interpreter, whose peak memory is measured (the
+            # allocations are torch's, and real): tokens 64 to 1024 at 1024 classes, classes 256
+            # to 4096 at 256 tokens, hidden 32. Eager logits are then 0.25-4 MiB (fp32).
+            "linear": (
+                (64, 32, 1024),
+                (256, 32, 1024),
+                (1024, 32, 1024),
+                (256, 32, 256),
+                (256, 32, 4096),
+            ),
         },
         timing_budget_s=0.05,
         # Five calls at least, so that the 20th and 80th percentiles are not just the extremes.
@@ -225,7 +315,7 @@ PRESETS: dict[str, Preset] = {
     "full": Preset(
         "full",
         dtypes=("bf16", "fp32"),
-        shapes={"softmax": _full_shapes("softmax"), "sigmoid": _full_shapes("sigmoid")},
+        shapes={family: _full_shapes(family) for family in ("softmax", "sigmoid", "linear")},
         timing_budget_s=0.02,
         max_rounds=100,
         do_bench_ms=20.0,
@@ -240,32 +330,42 @@ def generate_cases(
     dtypes: tuple[str, ...],
     batches: tuple[int, ...] | None = None,
     classes: tuple[int, ...] | None = None,
+    hidden: tuple[int, ...] | None = None,
 ) -> list[Case]:
     """Every case of ``preset`` for the chosen losses, implementations and dtypes.
 
-    ``batches`` and ``classes`` replace the preset's shapes by their full grid when given (one of
-    them alone keeps the preset's values of the other). Order: the peer table's shapes first,
-    then by size, so that a run cut short by --max-minutes loses the biggest shapes; within a
-    shape every implementation runs back to back.
+    ``batches``, ``classes`` and ``hidden`` (the linear loss's D) replace the preset's shapes by
+    their full grid when given (one alone keeps the preset's values of the others). Only the
+    implementations of each loss's family run (``FAMILY_IMPLEMENTATIONS``). Order: the peer
+    shapes first, then by size, so that a run cut short by --max-minutes loses the biggest
+    shapes; within a shape every implementation runs back to back.
     """
     cases = []
     for loss in losses:
         family = LOSSES[loss].family
-        shapes = preset.shapes[family]
-        if batches or classes:
-            shapes = tuple(
+        # (batch, hidden, classes), hidden 0 for the losses of logits.
+        shapes = [
+            shape if len(shape) == 3 else (shape[0], 0, shape[1])
+            for shape in preset.shapes.get(family, ())
+        ]
+        linear = family == "linear"
+        if batches or classes or (hidden and linear):
+            shapes = list(
                 itertools.product(
-                    batches or sorted({n for n, _ in shapes}),
-                    classes or sorted({c for _, c in shapes}),
+                    batches or sorted({n for n, _, _ in shapes}),
+                    (hidden if linear else None) or sorted({d for _, d, _ in shapes}),
+                    classes or sorted({c for _, _, c in shapes}),
                 )
             )
-        for (batch, n_classes), dtype, pass_, impl in itertools.product(
-            shapes, dtypes, PASSES, impls
+        family_impls = [impl for impl in impls if impl in FAMILY_IMPLEMENTATIONS[family]]
+        for (batch, n_hidden, n_classes), dtype, pass_, impl in itertools.product(
+            shapes, dtypes, PASSES, family_impls
         ):
-            cases.append(Case(loss, impl, dtype, batch, n_classes, pass_))
+            cases.append(Case(loss, impl, dtype, batch, n_classes, pass_, n_hidden))
 
     def order(case: Case) -> tuple:
-        peer = (case.batch, case.classes) in PEER_SHAPES[case.spec.family]
-        return (not peer, case.elements, case.batch, case.dtype, case.pass_, case.loss)
+        peer = case.shape in PEER_SHAPES[case.spec.family]
+        work = case.elements * max(case.hidden, 1)
+        return (not peer, work, case.batch, case.dtype, case.pass_, case.loss)
 
     return sorted(cases, key=order)

@@ -47,6 +47,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--batch-sizes", default=None, help="comma list of batch sizes N")
     group.addoption("--class-counts", default=None, help="comma list of class counts C")
     group.addoption(
+        "--hidden-sizes",
+        default=None,
+        help="comma list of hidden sizes D (linear_cross_entropy only)",
+    )
+    group.addoption(
         "--results-dir", default=None, help="where results go (default results/<device>)"
     )
     group.addoption(
@@ -101,6 +106,7 @@ def pytest_configure(config: pytest.Config) -> None:
         class_counts=_selection(config, "--class-counts", parse_sizes, "class counts"),
         results_dir=Path(results_dir) if results_dir else provenance.results_folder(device),
         max_minutes=config.getoption("--max-minutes"),
+        hidden_sizes=_selection(config, "--hidden-sizes", parse_sizes, "hidden sizes"),
         announce=functools.partial(_progress, config),
     )
     try:

@@ -1,4 +1,5 @@
-"""The implementations a case can run, as callables ``(logits, target) -> scalar loss``.
+"""The implementations a case can run, as callables ``(logits, target) -> scalar loss``, or
+``(hidden, linear_weight, target) -> scalar loss`` for the linear loss.
 
 ``load_implementation(loss, impl)`` returns one with ``reduction="mean"`` and the loss's benchmark
 options (``LossSpec.options``), so that all of them compute the same number. Implementations are
@@ -26,7 +27,7 @@ class UnavailableError(Exception):
 class Implementation:
     """A loss as one implementation computes it.
 
-    ``peer``: someone else's code (torch, torch.compile, Liger-Kernel), the baseline ours is
+    ``peer``: someone else's code (torch, torch.compile, Liger-Kernel, CCE), the baseline ours is
     measured against. A peer that disagrees with the float64 reference is still timed, and its
     case is reported as an expected failure (xfail) with the errors; ours fails outright and is
     not timed. (torchvision's sigmoid_focal_loss in bf16, for one, has gradients 1.1-1.4e-2 from
@@ -55,7 +56,32 @@ def torch_softmax_focal_loss(
     return (-alpha * (1 - log_p_y.exp()) ** gamma * log_p_y).mean()
 
 
+def torch_linear_cross_entropy(
+    hidden: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    linear_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The classifier and the loss as eager torch runs them: the N x V logits materialised by
+    ``F.linear``, then ``F.cross_entropy`` (mean over the rows)."""
+    return functional.cross_entropy(functional.linear(hidden, linear_weight, linear_bias), target)
+
+
+def _torch_chunked_function() -> LossFunction:
+    """torch's own fused path: ``F.linear_cross_entropy`` with ``options`` (torch 2.14+), which
+    processes the batch in chunks instead of materialising the logits."""
+    options_class = getattr(torch.nn, "LinearCrossEntropyOptions", None)
+    if not hasattr(functional, "linear_cross_entropy") or options_class is None:
+        raise UnavailableError(
+            f"torch {torch.__version__} has no F.linear_cross_entropy with options (torch 2.14+)"
+        )
+    options = options_class()
+    return functools.partial(functional.linear_cross_entropy, options=options)
+
+
 def _torch_function(spec: LossSpec) -> LossFunction:
+    if spec.name == "linear_cross_entropy":
+        return torch_linear_cross_entropy
     if spec.name == "cross_entropy":
         return functional.cross_entropy
     if spec.name == "softmax_focal_loss":
@@ -68,7 +94,8 @@ def _torch_function(spec: LossSpec) -> LossFunction:
 
 
 def _import_loss(package: str, spec: LossSpec, reduction: str = "mean") -> LossFunction:
-    """``package.<family>.<loss name>`` with ``reduction`` and the spec's options."""
+    """``package.<family>.<loss name>`` with ``reduction`` and the spec's options (the module of
+    a family is named after it: softmax, sigmoid, linear)."""
     module_name = f"{package}.{spec.family}"
     try:
         module = importlib.import_module(module_name)
@@ -109,9 +136,9 @@ class _CompiledPeer:
     def __init__(self, function: LossFunction) -> None:
         self.compiled = _torch_compile(function, fullgraph=False)
 
-    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         try:
-            return self.compiled(logits, target)
+            return self.compiled(*inputs)
         except torch.OutOfMemoryError:
             raise
         except Exception as error:
@@ -153,8 +180,60 @@ def load_implementation(loss: str, impl: str) -> Implementation:
             function = _compiled_kernels(loss)
         return Implementation(impl, function, interpreted=INTERPRETED)
     if impl == "liger":
+        if spec.family == "linear":
+            return Implementation(impl, _liger_linear_function(), peer=True)
         return Implementation(impl, _liger_function(spec), peer=True, overwrites_logits=True)
-    raise ValueError(f"unknown implementation {impl!r}; known: {IMPLEMENTATIONS}")
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {impl!r}; known: {IMPLEMENTATIONS}")
+    if spec.family != "linear":
+        raise UnavailableError(f"{impl} computes the linear cross-entropy only, not {spec.name}")
+    if impl == "torch-chunked":
+        return Implementation(impl, _torch_chunked_function(), peer=True)
+    return Implementation(impl, _cce_function(filtered=impl == "cce-filter"), peer=True)
+
+
+def _liger_linear_function() -> LossFunction:
+    """Liger-Kernel's fused linear cross-entropy, which takes (weight, hidden, target)."""
+    if not torch.cuda.is_available():
+        raise UnavailableError("Liger-Kernel needs a CUDA GPU")
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError as error:
+        reason = f"liger-kernel is not installed ({error}); pip install -e '.[peers]'"
+        raise UnavailableError(reason) from error
+    loss = LigerFusedLinearCrossEntropyLoss(reduction="mean")
+
+    def liger(hidden: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor):
+        return loss(linear_weight, hidden, target)
+
+    return liger
+
+
+def _cce_function(filtered: bool) -> LossFunction:
+    """Apple's Cut Cross-Entropy (``cut-cross-entropy``), its "cce" kernels: exact
+    (``filter_eps=None``), or with its default gradient filter (25.1.1: "high", eps(dtype) / 32)
+    when ``filtered``."""
+    if not torch.cuda.is_available():
+        raise UnavailableError("Cut Cross-Entropy's kernels need a CUDA GPU")
+    try:
+        import cut_cross_entropy
+    except ImportError as error:
+        reason = f"cut-cross-entropy is not installed ({error}); pip install -e '.[peers]'"
+        raise UnavailableError(reason) from error
+    options = {} if filtered else {"filter_eps": None}
+
+    def cce(hidden: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor):
+        if hidden.dtype == torch.float32 and (hidden.requires_grad or linear_weight.requires_grad):
+            # Its backward asserts it (cce_backward.py), rather than compute in fp32.
+            raise UnavailableError(
+                f"Cut Cross-Entropy {cut_cross_entropy.__version__}'s backward takes bf16 or "
+                "fp16 hidden states only"
+            )
+        return cut_cross_entropy.linear_cross_entropy(
+            hidden, linear_weight, target, impl="cce", **options
+        )
+
+    return cce
 
 
 def _liger_function(spec: LossSpec) -> LossFunction:

@@ -7,6 +7,8 @@ Every figure says what it counts:
   flushed between calls);
 - bandwidth: ``lossbench.bench.cases.bytes_moved`` over that time, and its fraction of the
   device-to-device copy bandwidth measured in the same session (``copy_bandwidth``);
+- compute (the linear loss): ``lossbench.bench.cases.model_flops`` over that time, and its
+  fraction of the matmul throughput measured in the same session (``matmul_throughput``);
 - memory: the peak allocated during one step beyond what was allocated before it (the inputs).
 """
 
@@ -34,30 +36,31 @@ def synchronize(device: torch.device) -> None:
 
 def make_step(
     implementation: Implementation,
-    logits: torch.Tensor,
+    inputs: tuple[torch.Tensor, ...],
     target: torch.Tensor,
     pass_: str,
     synchronized: bool = True,
 ) -> Step:
-    """One call of the pass, ending with a device synchronisation when ``synchronized``.
+    """One call of the pass on ``inputs`` (the logits, or the linear loss's hidden states and
+    classifier), ending with a device synchronisation when ``synchronized``.
 
-    forward: the loss of logits that do not require a gradient (inference).
-    forward_backward: the loss, then backward into ``logits.grad``, which the caller sets to
-    None before each step, as optimizer.zero_grad() does, so every step allocates a fresh
-    gradient exactly as a training step does.
+    forward: the loss of inputs that do not require a gradient (inference).
+    forward_backward: the loss, then backward into each input's ``.grad``, which the caller sets
+    to None before each step, as optimizer.zero_grad() does, so every step allocates fresh
+    gradients exactly as a training step does.
     Unsynchronised steps are for do_bench, which brackets each call with CUDA events.
     """
     function = implementation.function
-    device = logits.device
+    device = target.device
     if pass_ == "forward":
 
         def call() -> None:
-            function(logits, target)
+            function(*inputs, target)
 
     else:
 
         def call() -> None:
-            function(logits, target).backward()
+            function(*inputs, target).backward()
 
     if not synchronized:
         return call
@@ -100,15 +103,17 @@ def spread(seconds: list[float]) -> tuple[float, float]:
     return quantile(SPREAD_QUANTILES[0]), quantile(SPREAD_QUANTILES[1])
 
 
-def do_bench_ms(step: Step, logits: torch.Tensor, rep_ms: float) -> tuple[float, float, float]:
+def do_bench_ms(
+    step: Step, inputs: tuple[torch.Tensor, ...], rep_ms: float
+) -> tuple[float, float, float]:
     """triton.testing.do_bench's median, 20th and 80th percentiles (ms) of an unsynchronised
     ``step`` on a GPU: CUDA events around each call, L2 flushed before it.
 
-    The gradient of ``logits`` is set to None before every call, outside the timed region.
+    The gradients of ``inputs`` are set to None before every call, outside the timed region.
     """
     from triton.testing import do_bench
 
-    grad_to_none = [logits] if logits.requires_grad else None
+    grad_to_none = [tensor for tensor in inputs if tensor.requires_grad] or None
     median, low, high = do_bench(
         step,
         warmup=rep_ms / 4,
@@ -139,6 +144,29 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * source.numel() / seconds
 
 
+# The matmul whose throughput the linear loss is measured against: the shape of a language
+# model's projection, big enough to run near the GPU's peak (2 x 8192^3 = 1.1e12 flops, a few
+# milliseconds on an H200); on the CPU 1024^3, which takes a few tens of milliseconds.
+MATMUL_SIZE = {"cuda": 8192, "cpu": 1024}
+
+
+def matmul_throughput(device: torch.device, dtype: torch.dtype) -> float:
+    """Flops per second of an n x n by n x n ``torch.mm`` in ``dtype``: do_bench's median on a
+    GPU, the median of 5 calls after one untimed call on the CPU. fp32 follows torch's own
+    matmul precision setting (IEEE fp32 unless TF32 is allowed), as every torch peer does."""
+    size = MATMUL_SIZE[device.type]
+    left = torch.randn(size, size, device=device).to(dtype)
+    right = torch.randn(size, size, device=device).to(dtype)
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        seconds = do_bench(lambda: torch.mm(left, right), return_mode="median") / 1e3
+    else:
+        torch.mm(left, right)
+        seconds = statistics.median(time_once(lambda: torch.mm(left, right)) for _ in range(5))
+    return 2 * size**3 / seconds
+
+
 # --- Memory -----------------------------------------------------------------------------------
 
 
@@ -162,8 +190,11 @@ def estimated_peak_bytes(case: Case) -> int:
     Inputs and gradient; for the unfused implementations up to four fp32 temporaries of N*C
     (softmax, its log, the focal factor, the gradient before its cast); a saved copy of the
     logits where the implementation overwrites them; and the float64 agreement check (a chunk,
-    the sampled gradient rows, and about six temporaries of each).
+    the sampled gradient rows, and about six temporaries of each). The linear loss:
+    ``_estimated_linear_peak_bytes``.
     """
+    if case.spec.family == "linear":
+        return _estimated_linear_peak_bytes(case)
     element = case.torch_dtype.itemsize
     logits = case.elements * element
     targets = case.batch * INDEX_BYTES if case.spec.family == "softmax" else logits
@@ -173,6 +204,27 @@ def estimated_peak_bytes(case: Case) -> int:
     saved_logits = logits if case.impl == "liger" else 0
     agreement = 6 * 8 * (CHECK_CHUNK_ELEMENTS + GRADIENT_CHECK_ELEMENTS)
     return logits + targets + gradient + temporaries + saved_logits + agreement
+
+
+def _estimated_linear_peak_bytes(case: Case) -> int:
+    """The linear loss: hidden states, classifier and their gradients (twice: the agreement's
+    inputs beside the timed ones, and an fp32 accumulator of either); for the implementations that
+    materialise the logits (torch, compile, reference), five fp32 tensors of N x V (eager bf16
+    at CCE's Table 1 shape peaks at 28 GB, seven bf16 logits, published); for the fused ones an
+    N x D and a V x D workspace more; and the float64 agreement check: six N_check x V tensors
+    and the float64 inputs and gradients."""
+    from lossbench.bench.agreement import linear_agreement_rows
+
+    element = case.torch_dtype.itemsize
+    layer = (case.batch + case.classes) * case.hidden
+    inputs_and_gradients = 2 * layer * element * (2 if case.pass_ == "forward_backward" else 1)
+    if case.impl in ("torch", "compile", "reference"):
+        workspace = 5 * case.elements * 4
+    else:
+        workspace = layer * 4
+    rows = linear_agreement_rows(case.batch, case.hidden, case.classes, interpreted=False)
+    agreement = 8 * (6 * rows * case.classes + 2 * (rows + case.classes) * case.hidden)
+    return inputs_and_gradients + workspace + agreement
 
 
 def peak_memory(step: Step, device: torch.device) -> int:

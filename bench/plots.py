@@ -2,7 +2,9 @@
 
 Per loss and dtype: throughput against class count (one row of panels per batch size, error bars
 from the 20th to the 80th percentile of the timed calls), speedup heatmaps over torch eager, and
-peak memory against class count (one panel per batch size).
+peak memory against class count (one panel per batch size). The linear cross-entropy, whose
+shapes have a hidden size and whose headline is memory, has its own: peak memory beyond the
+inputs and gradients against V and against N, per dtype.
 ``lossbench.bench.report.regenerate`` calls them all.
 """
 
@@ -13,6 +15,7 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
+from lossbench.bench.cases import LINEAR_LOSS
 from lossbench.bench.results import write_atomically
 
 PASSES = ("forward", "forward_backward")
@@ -124,7 +127,9 @@ def plot_speedup_heatmaps(wide, frame, folder: Path) -> list[Path]:
     from matplotlib.colors import LogNorm
 
     written = []
+    # The linear loss's shapes have a third size (D) a batch x classes grid cannot show.
     compared = wide[wide["speedup"].notna() & (wide["impl"] != "torch")]
+    compared = compared[compared["loss"] != LINEAR_LOSS]
     for (loss, dtype), group in compared.groupby(["loss", "dtype"]):
         impls = sorted(set(group["impl"]))
         passes = [p for p in PASSES if p in set(group["pass"])]
@@ -206,6 +211,7 @@ def plot_peak_memory(wide, frame, folder: Path) -> list[Path]:
 
     written = []
     measured = wide[wide["peak_memory"].notna() & (wide["pass"] == "forward_backward")]
+    measured = measured[measured["loss"] != LINEAR_LOSS]  # plot_linear_memory's
     for (loss, dtype), group in measured.groupby(["loss", "dtype"]):
         batches = sorted(set(group["batch"]))
         figure, axes = plt.subplots(
@@ -234,6 +240,77 @@ def plot_peak_memory(wide, frame, folder: Path) -> list[Path]:
         axes[0][0].set_ylabel("peak memory beyond inputs (bytes; log above 1 MB)")
         figure.suptitle(_title(frame, "Peak memory, forward+backward", loss, dtype))
         written.append(_save(figure, folder / f"peak_memory_{loss}_{dtype}.png"))
+    return written
+
+
+def _widest_sweep(group, along: str, fixed: list[str]):
+    """The rows of ``group`` at the values of ``fixed`` with the most distinct ``along`` values
+    (ties: the larger sizes), and those fixed values; None when no sweep has two points."""
+    counts = group.groupby(fixed)[along].nunique()
+    counts = counts[counts >= 2]
+    if counts.empty:
+        return None, None
+    best = max(counts.index, key=lambda key: (counts[key], key))
+    selected = group
+    for column, value in zip(fixed, best, strict=True):
+        selected = selected[selected[column] == value]
+    return selected, dict(zip(fixed, best, strict=True))
+
+
+def plot_linear_memory(wide, frame, folder: Path) -> list[Path]:
+    """Per dtype: the linear loss's forward+backward peak memory beyond the inputs and their
+    gradients, against the vocabulary V (at the N and D with the widest V sweep) and against the
+    tokens N (at the D and V with the widest N sweep), log-log, a line per implementation, and
+    the size of the N x V fp32 logits for scale."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
+
+    written = []
+    measured = wide[
+        (wide["loss"] == LINEAR_LOSS)
+        & (wide["pass"] == "forward_backward")
+        & wide["peak_beyond_gradients"].notna()
+    ]
+    for dtype, group in measured.groupby("dtype"):
+        sweeps = [
+            ("classes", ["batch", "hidden"], "vocabulary V (log scale)"),
+            ("batch", ["hidden", "classes"], "tokens N (log scale)"),
+        ]
+        panels = [
+            (*_widest_sweep(group, along, fixed), along, label) for along, fixed, label in sweeps
+        ]
+        panels = [panel for panel in panels if panel[0] is not None]
+        if not panels:
+            continue
+        figure, axes = plt.subplots(
+            1, len(panels), figsize=(6 * len(panels), 4.6), squeeze=False, layout="constrained"
+        )
+        for axis, (rows, fixed, along, label) in zip(axes[0], panels, strict=True):
+            for impl, line in rows.sort_values(along).groupby("impl"):
+                axis.plot(
+                    line[along], line["peak_beyond_gradients"].clip(lower=1), marker="o", label=impl
+                )
+            sizes = rows.drop_duplicates(along).sort_values(along)
+            axis.plot(
+                sizes[along],
+                sizes["batch"] * sizes["classes"] * 4,
+                color="black",
+                linestyle=":",
+                label="N x V fp32 logits",
+            )
+            axis.set_xscale("log")
+            axis.set_yscale("log")
+            axis.yaxis.set_major_formatter(EngFormatter(unit="B"))
+            axis.set_xlabel(label)
+            letters = {"batch": "N", "hidden": "D", "classes": "V"}
+            axis.set_title(", ".join(f"{letters[name]} = {int(v)}" for name, v in fixed.items()))
+            axis.grid(True, which="both", alpha=0.3)
+            axis.legend(fontsize="small")
+        axes[0][0].set_ylabel("peak beyond inputs and gradients (bytes, log)")
+        what = "Linear cross-entropy: peak memory beyond inputs and gradients, forward+backward"
+        figure.suptitle(_title(frame, what, LINEAR_LOSS, dtype))
+        _footnote(figure, _untimed_note(frame, wide, LINEAR_LOSS, dtype))
+        written.append(_save(figure, folder / f"linear_memory_{dtype}.png"))
     return written
 
 

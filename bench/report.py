@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lossbench.bench.plots import plot_peak_memory, plot_speedup_heatmaps, plot_throughput
+from lossbench.bench.plots import (
+    plot_linear_memory,
+    plot_peak_memory,
+    plot_speedup_heatmaps,
+    plot_throughput,
+)
 from lossbench.bench.results import (
     BENCHMARKS_CSV,
     ResultsFolderError,
@@ -41,6 +46,7 @@ def regenerate(folder: Path) -> list[Path]:
         *plot_throughput(wide, frame, plots),
         *plot_speedup_heatmaps(wide, frame, plots),
         *plot_peak_memory(wide, frame, plots),
+        *plot_linear_memory(wide, frame, plots),
     ]
     for stale in set(plots.glob("*.png")) - set(written):
         stale.unlink()

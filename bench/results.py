@@ -22,8 +22,11 @@ from lossbench.bench.provenance import PROVENANCE_COLUMNS
 
 BENCHMARKS_CSV = "benchmarks.csv"
 
-CASE_COLUMNS = ["loss", "impl", "dtype", "batch", "classes", "pass"]
+CASE_COLUMNS = ["loss", "impl", "dtype", "batch", "classes", "hidden", "pass"]
 COLUMNS = [*PROVENANCE_COLUMNS, *CASE_COLUMNS, "metric", "value", "unit", "note"]
+# Before the linear loss, the CSV had no ``hidden`` column: such a file is still read, its rows
+# taking hidden 0 (what the losses of logits record), and is rewritten with the column.
+COLUMNS_BEFORE_HIDDEN = [column for column in COLUMNS if column != "hidden"]
 
 # Every metric a case can record, with its unit (results/README.md says what each one counts).
 UNITS: dict[str, str] = {
@@ -41,10 +44,18 @@ UNITS: dict[str, str] = {
     "throughput_do_bench": "GB/s",
     "copy_fraction_do_bench": "fraction",
     "copy_bandwidth": "GB/s",
+    "flops": "flop",
+    "tflops": "TFLOP/s",
+    "matmul_fraction": "fraction",
+    "tflops_do_bench": "TFLOP/s",
+    "matmul_fraction_do_bench": "fraction",
+    "matmul_tflops": "TFLOP/s",
     "peak_memory": "B",
+    "peak_beyond_gradients": "B",
     "loss_rel_error": "relative",
     "grad_rel_error": "relative",
     "grad_elementwise_error": "x allowance",
+    "weight_grad_rel_error": "relative",
     "tolerance": "relative",
     "agreement": "1=pass",
     "agreement_batch": "rows",
@@ -118,24 +129,49 @@ def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, ob
 # --- Reading ----------------------------------------------------------------------------------
 
 
-def read_csv_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
-    """The rows of a CSV written with ``columns``, as dicts of text.
+def _missing_columns(
+    path: Path, found: Sequence[str], columns: Sequence[str], older: Mapping[tuple, Mapping] | None
+) -> Mapping[str, object]:
+    """The columns (with the value to fill in) that a CSV with columns ``found`` lacks: none for
+    ``columns``, those of an ``older`` layout it matches; else ``ResultsFolderError``, since the
+    file was written by something else, and rewriting it would lose what it holds."""
+    if list(found) == list(columns):
+        return {}
+    if older and tuple(found) in older:
+        return older[tuple(found)]
+    raise ResultsFolderError(
+        f"{path} has columns {list(found)}, expected {list(columns)}: move it away "
+        "or choose another results folder"
+    )
 
-    Raises ``ResultsFolderError`` when the file has other columns: it was written by something
-    else, and rewriting it would lose what it holds.
+
+def read_csv_rows(
+    path: Path, columns: Sequence[str], older: Mapping[tuple, Mapping[str, object]] | None = None
+) -> list[dict[str, str]]:
+    """The rows of a CSV written with ``columns``, as dicts of text with those keys.
+
+    ``older`` maps the columns of an earlier layout to the values its rows take for the columns
+    it lacks. Raises ``ResultsFolderError`` when the file has other columns.
     """
     with open(path, newline="") as file:
         reader = csv.DictReader(file)
-        if reader.fieldnames != list(columns):
-            raise ResultsFolderError(
-                f"{path} has columns {reader.fieldnames}, expected {list(columns)}: move it away "
-                "or choose another results folder"
-            )
-        return list(reader)
+        missing = {
+            column: str(value)
+            for column, value in _missing_columns(
+                path, reader.fieldnames or [], columns, older
+            ).items()
+        }
+        return [{column: {**missing, **row}[column] for column in columns} for row in reader]
 
 
-def load_csv(path: Path, columns: Sequence[str], text_columns: Sequence[str] = ()):
-    """A CSV written with ``columns`` as a pandas DataFrame.
+def load_csv(
+    path: Path,
+    columns: Sequence[str],
+    text_columns: Sequence[str] = (),
+    older: Mapping[tuple, Mapping[str, object]] | None = None,
+):
+    """A CSV written with ``columns`` (or an ``older`` layout, as ``read_csv_rows``) as a pandas
+    DataFrame with ``columns``.
 
     The provenance columns and ``text_columns`` are read as text (a commit such as
     '1234567e8901' is not a number), ``value`` as a float where there is one.
@@ -144,8 +180,10 @@ def load_csv(path: Path, columns: Sequence[str], text_columns: Sequence[str] = (
 
     text = [*PROVENANCE_COLUMNS, *text_columns, *(["note"] if "note" in columns else [])]
     frame = pd.read_csv(path, dtype=dict.fromkeys(text, str))
-    if list(frame.columns) != list(columns):
-        raise ResultsFolderError(f"{path} has columns {list(frame.columns)}, expected {columns}")
+    missing = _missing_columns(path, list(frame.columns), columns, older)
+    for column, value in missing.items():
+        frame[column] = value
+    frame = frame[list(columns)]
     if "value" in frame:
         frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
     if "note" in frame:
@@ -154,6 +192,10 @@ def load_csv(path: Path, columns: Sequence[str], text_columns: Sequence[str] = (
 
 
 # --- The benchmarks CSV -----------------------------------------------------------------------
+
+# Earlier layouts of benchmarks.csv, still read: their columns, and what their rows take for the
+# columns they lack.
+OLDER_LAYOUTS: dict[tuple, dict[str, object]] = {tuple(COLUMNS_BEFORE_HIDDEN): {"hidden": 0}}
 
 
 def case_key(row: Mapping[str, object]) -> tuple[str, ...]:
@@ -197,7 +239,7 @@ class ResultsFile:
         # Cases whose earlier, fuller measurements this run kept (``record``).
         self.kept: set[tuple[str, ...]] = set()
         if self.path.exists():
-            for row in read_csv_rows(self.path, COLUMNS):
+            for row in read_csv_rows(self.path, COLUMNS, OLDER_LAYOUTS):
                 self.rows_by_case.setdefault(case_key(row), []).append(row)
 
     def record(self, case: Mapping[str, object], metrics: Iterable[tuple]) -> None:
@@ -235,14 +277,15 @@ class ResultsFile:
 
 def load_results(folder: Path):
     """The benchmarks CSV of ``folder`` as a pandas DataFrame (``load_csv``)."""
-    return load_csv(Path(folder) / BENCHMARKS_CSV, COLUMNS, ["note", "unit"])
+    return load_csv(Path(folder) / BENCHMARKS_CSV, COLUMNS, ["note", "unit"], OLDER_LAYOUTS)
 
 
 def case_table(frame):
     """One row per case, one column per metric, with the headline speed columns added.
 
-    ``time_ms``, ``time_p20_ms``, ``time_p80_ms``, ``gbps`` and ``of_copy``: do_bench's figures
-    where the case has them (GPU), else pytest-benchmark's. ``spread``: (p80 - p20) / median;
+    ``time_ms``, ``time_p20_ms``, ``time_p80_ms``, ``gbps`` and ``of_copy`` (``tflops_rate`` and
+    ``of_matmul`` for the linear loss): do_bench's figures where the case has them (GPU), else
+    pytest-benchmark's. ``spread``: (p80 - p20) / median;
     ``noisy``: spread above ``NOISY_SPREAD``. ``speedup``: torch eager's ``time_ms`` of the same
     run (``run_date``) at the same loss, dtype, shape and pass over this case's, NaN where that
     run did not time torch eager there; ``speedup_noisy`` when either time is noisy.
@@ -262,7 +305,9 @@ def case_table(frame):
     wide["noisy"] = wide["spread"] > NOISY_SPREAD
     wide["gbps"] = wide["throughput_do_bench"].where(on_gpu, wide["throughput"])
     wide["of_copy"] = wide["copy_fraction_do_bench"].where(on_gpu, wide["copy_fraction"])
-    shape = ["run_date", "loss", "dtype", "batch", "classes", "pass"]
+    wide["tflops_rate"] = wide["tflops_do_bench"].where(on_gpu, wide["tflops"])
+    wide["of_matmul"] = wide["matmul_fraction_do_bench"].where(on_gpu, wide["matmul_fraction"])
+    shape = ["run_date", "loss", "dtype", "batch", "classes", "hidden", "pass"]
     eager = wide[wide["impl"] == "torch"].set_index(shape)[["time_ms", "noisy"]]
     eager.columns = ["torch_ms", "torch_noisy"]
     wide = wide.join(eager, on=shape)

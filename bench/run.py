@@ -4,15 +4,19 @@ A case:
 
 1. skips, with the reason, when the session's --max-minutes budget ran out, its implementation
    cannot run here or its memory estimate does not fit (or it runs out of memory after all);
-2. runs once on fresh random inputs and compares the loss (and the logits' gradient) with the
-   float64 reference; a disagreement of ours (reference, triton, triton+compile) FAILS the case,
-   after it is recorded, and is not timed; a peer's (torch, compile, liger) is timed as the
-   baseline it is and reported as an expected failure (xfail) with its errors;
+2. runs once on fresh random inputs and compares the loss (and the gradients) with the float64
+   reference; a disagreement of ours (reference, triton, triton+compile) FAILS the case, after it
+   is recorded, and is not timed; a peer's (torch, compile, liger, ...) is timed as the baseline
+   it is and reported as an expected failure (xfail) with its errors. The interpreter checks fewer
+   rows, and so does the linear loss where the float64 check would be long (``agreement``); the
+   measurements below then run on fresh inputs of the case's full shape;
 3. under Triton's interpreter (no GPU) stops there: it skips the timing with that reason, since
-   interpreter time is no kernel speed;
-4. measures the peak memory of one step beyond the inputs;
+   interpreter time is no kernel speed; the linear loss first measures its peak memory, its
+   headline, which the interpreter allocates as the GPU would;
+4. measures the peak memory of one step beyond the inputs (and for the linear loss beyond the
+   inputs and their gradients);
 5. is timed by pytest-benchmark (benchmark.pedantic, rounds filling the preset's budget, the
-   device synchronised inside each step, the gradient set to None between rounds outside the
+   device synchronised inside each step, the gradients set to None between rounds outside the
    timed region), and on a GPU also by triton.testing.do_bench;
 6. is recorded in the CSV and in pytest-benchmark's extra_info, with a progress line.
 
@@ -25,8 +29,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lossbench.bench.agreement import INTERPRETER_ELEMENTS, check_agreement
-from lossbench.bench.cases import Case, bytes_moved, make_inputs
+from lossbench.bench.agreement import (
+    INTERPRETER_ELEMENTS,
+    Agreement,
+    check_agreement,
+    check_linear_agreement,
+    linear_agreement_rows,
+)
+from lossbench.bench.cases import Case, bytes_moved, make_inputs, model_flops
 from lossbench.bench.implementations import Implementation, UnavailableError, load_implementation
 from lossbench.bench.measure import (
     available_memory,
@@ -92,6 +102,33 @@ def _finish(session: BenchSession, case: Case, benchmark, outcome: Outcome) -> N
     session.announce(_progress_line(session, case, outcome))
 
 
+def _agreement_rows(case: Case, implementation: Implementation) -> int:
+    """Rows the agreement is checked on: the case's batch, or fewer in the interpreter (the same
+    class count) and for long float64 checks of the linear loss."""
+    if case.spec.family == "linear":
+        return linear_agreement_rows(
+            case.batch, case.hidden, case.classes, implementation.interpreted
+        )
+    if implementation.interpreted:
+        return max(1, min(case.batch, INTERPRETER_ELEMENTS // case.classes))
+    return case.batch
+
+
+def _check(
+    case: Case,
+    inputs: tuple[torch.Tensor, ...],
+    saved_logits: torch.Tensor,
+    target: torch.Tensor,
+    loss: torch.Tensor,
+) -> Agreement:
+    if case.spec.family == "linear":
+        hidden, linear_weight = inputs
+        return check_linear_agreement(
+            case.torch_dtype, hidden, linear_weight, target, loss, hidden.grad, linear_weight.grad
+        )
+    return check_agreement(case.spec, case.torch_dtype, saved_logits, target, loss, inputs[0].grad)
+
+
 def _measure(case: Case, session: BenchSession, benchmark) -> Outcome:
     implementation = load_implementation(case.loss, case.impl)
     device = session.device
@@ -102,27 +139,29 @@ def _measure(case: Case, session: BenchSession, benchmark) -> Outcome:
             skip=f"needs about {needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available"
         )
     outcome = Outcome()
-    # The interpreter checks agreement on fewer rows of the same class count.
-    rows = max(1, min(case.batch, INTERPRETER_ELEMENTS // case.classes))
-    logits, target = make_inputs(case, device, rows if implementation.interpreted else None)
-    saved_logits = logits.detach().clone() if implementation.overwrites_logits else logits.detach()
+    linear = case.spec.family == "linear"
+    rows = _agreement_rows(case, implementation)
+    inputs, target = make_inputs(case, device, rows)
+    saved_logits = inputs[0].detach()
+    if implementation.overwrites_logits:
+        saved_logits = saved_logits.clone()
 
     # The first call compiles (torch.compile, Triton's JIT) outside any timed region.
-    loss = implementation.function(logits, target)
+    loss = implementation.function(*inputs, target)
     if case.pass_ == "forward_backward":
         loss.backward()
-    agreement = check_agreement(
-        case.spec, case.torch_dtype, saved_logits, target, loss.detach(), logits.grad
-    )
+    agreement = _check(case, inputs, saved_logits, target, loss.detach())
     outcome.metrics += [
         ("loss_rel_error", agreement.loss_error),
         ("grad_rel_error", agreement.grad_error),
         ("grad_elementwise_error", agreement.grad_elementwise_error),
         ("tolerance", agreement.tolerance),
         ("agreement", int(agreement.passed)),
-        ("agreement_batch", len(logits)),
+        ("agreement_batch", rows),
         ("gradient_rows", agreement.gradient_rows),
     ]
+    if linear:
+        outcome.metrics.append(("weight_grad_rel_error", agreement.weight_grad_error))
     del loss
     if not agreement.passed:
         disagreement = f"{case.id} disagrees with the float64 reference: {agreement.describe()}"
@@ -130,20 +169,41 @@ def _measure(case: Case, session: BenchSession, benchmark) -> Outcome:
             outcome.fail = disagreement
             return outcome
         outcome.xfail = f"a peer: {disagreement}"
-    if implementation.interpreted:
+    if implementation.interpreted and not linear:
         # One reason for all (pytest folds equal reasons); the errors are in the CSV and log.
         outcome.skip = (
             "Triton's interpreter (no GPU): agreement checked and recorded; "
             "interpreter time is no kernel speed, so not timed"
         )
         return outcome
+    if rows < case.batch:
+        del inputs, saved_logits
+        inputs, target = make_inputs(case, device)
+        saved_logits = inputs[0].detach()
+        if implementation.overwrites_logits:
+            saved_logits = saved_logits.clone()
 
-    setup = _setup(implementation, logits, saved_logits)
-    step = make_step(implementation, logits, target, case.pass_)
+    setup = _setup(implementation, inputs, saved_logits)
+    step = make_step(implementation, inputs, target, case.pass_)
     setup()
-    outcome.metrics.append(("peak_memory", peak_memory(step, device)))
-    moved = bytes_moved(case.loss, case.batch, case.classes, case.dtype, case.pass_)
-    outcome.metrics.append(("bytes", moved))
+    peak = peak_memory(step, device)
+    outcome.metrics.append(("peak_memory", peak))
+    if linear:
+        gradients = 0
+        if case.pass_ == "forward_backward":
+            gradients = sum(tensor.numel() * tensor.element_size() for tensor in inputs)
+        outcome.metrics.append(("peak_beyond_gradients", peak - gradients))
+        work = model_flops(case.batch, case.hidden, case.classes, case.pass_)
+        outcome.metrics.append(("flops", work))
+    else:
+        work = bytes_moved(case.loss, case.batch, case.classes, case.dtype, case.pass_)
+        outcome.metrics.append(("bytes", work))
+    if implementation.interpreted:
+        outcome.skip = (
+            "Triton's interpreter (no GPU): agreement and peak memory measured and recorded; "
+            "interpreter time is no kernel speed, so not timed"
+        )
+        return outcome
     if not benchmark.enabled:
         benchmark.pedantic(step, setup=setup, rounds=1)  # --benchmark-disable: runs once.
         return outcome
@@ -153,8 +213,6 @@ def _measure(case: Case, session: BenchSession, benchmark) -> Outcome:
     rounds = timing_rounds(session.preset, time_once(step))
     benchmark.pedantic(step, setup=setup, rounds=rounds)
     stats = benchmark.stats.stats
-    copy_gbps = session.copy_bandwidth_gbps
-    throughput = moved / stats.median / 1e9
     low, high = spread(stats.data)
     outcome.metrics += [
         ("time_median", stats.median * 1e3),
@@ -162,35 +220,53 @@ def _measure(case: Case, session: BenchSession, benchmark) -> Outcome:
         ("time_p80", high * 1e3),
         ("time_iqr", stats.iqr * 1e3),
         ("rounds", stats.rounds),
-        ("throughput", throughput),
-        ("copy_bandwidth", copy_gbps),
-        ("copy_fraction", throughput / copy_gbps),
+        *_rates(session, case, work, stats.median, ""),
     ]
     if device.type == "cuda":
         # do_bench runs back to back: Liger's logits then hold the previous call's gradient,
         # which costs it the same work (pytest-benchmark's rounds restore them each time).
-        unsynchronized = make_step(implementation, logits, target, case.pass_, False)
-        milliseconds, low, high = do_bench_ms(unsynchronized, logits, session.preset.do_bench_ms)
-        throughput = moved / milliseconds / 1e6
+        unsynchronized = make_step(implementation, inputs, target, case.pass_, False)
+        milliseconds, low, high = do_bench_ms(unsynchronized, inputs, session.preset.do_bench_ms)
         outcome.metrics += [
             ("do_bench_median", milliseconds),
             ("do_bench_p20", low),
             ("do_bench_p80", high),
-            ("throughput_do_bench", throughput),
-            ("copy_fraction_do_bench", throughput / copy_gbps),
+            *_rates(session, case, work, milliseconds / 1e3, "_do_bench"),
         ]
     return outcome
 
 
-def _setup(implementation: Implementation, logits: torch.Tensor, saved_logits: torch.Tensor):
-    """Before each step, outside the timed region: a fresh gradient, and the logits restored
+def _rates(
+    session: BenchSession, case: Case, work: int, seconds: float, suffix: str
+) -> list[tuple[str, float]]:
+    """What ``work`` in ``seconds`` reaches, against what this session measured the device to
+    do: GB/s of the copy bandwidth, or for the linear loss TFLOP/s of the matmul throughput in
+    the case's dtype. ``suffix`` names the do_bench figures."""
+    if case.spec.family == "linear":
+        tflops = work / seconds / 1e12
+        matmul = session.matmul_tflops(case.torch_dtype)
+        rates = [(f"tflops{suffix}", tflops), (f"matmul_fraction{suffix}", tflops / matmul)]
+        return rates if suffix else [*rates, ("matmul_tflops", matmul)]
+    throughput = work / seconds / 1e9
+    copy = session.copy_bandwidth_gbps
+    rates = [(f"throughput{suffix}", throughput), (f"copy_fraction{suffix}", throughput / copy)]
+    return rates if suffix else [*rates, ("copy_bandwidth", copy)]
+
+
+def _setup(
+    implementation: Implementation,
+    inputs: tuple[torch.Tensor, ...],
+    saved_logits: torch.Tensor,
+):
+    """Before each step, outside the timed region: fresh gradients, and the logits restored
     for an implementation that overwrites them."""
 
     def setup() -> None:
-        logits.grad = None
+        for tensor in inputs:
+            tensor.grad = None
         if implementation.overwrites_logits:
             with torch.no_grad():
-                logits.copy_(saved_logits)
+                inputs[0].copy_(saved_logits)
 
     return setup
 
@@ -213,9 +289,15 @@ def _progress_line(session: BenchSession, case: Case, outcome: Outcome) -> str:
         return f"{prefix} skipped ({outcome.skip})" + (f", agrees ({errors})" if errors else "")
     parts = []
     milliseconds = values.get("do_bench_median", values.get("time_median"))
-    if milliseconds is not None:
+    if milliseconds is not None and "flops" in values:
+        tflops = values.get("tflops_do_bench", values.get("tflops"))
+        fraction = values.get("matmul_fraction_do_bench", values.get("matmul_fraction"))
+        parts.append(f"{milliseconds:.4g} ms, {tflops:.3g} TFLOP/s, {fraction:.1%} of matmul")
+    elif milliseconds is not None:
         fraction = values.get("copy_fraction_do_bench", values.get("copy_fraction"))
         parts.append(f"{milliseconds:.4g} ms, {fraction:.1%} of copy")
     parts.append(f"peak {values['peak_memory'] / 2**20:.1f} MiB")
+    if "peak_beyond_gradients" in values:
+        parts.append(f"{values['peak_beyond_gradients'] / 2**20:.1f} MiB beyond gradients")
     parts.append(f"XFAIL ({outcome.xfail})" if outcome.xfail else f"agrees ({errors})")
     return f"{prefix} {', '.join(parts)}"

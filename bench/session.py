@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from lossbench.bench.cases import Case, Preset, generate_cases
-from lossbench.bench.measure import copy_bandwidth
+from lossbench.bench.measure import copy_bandwidth, matmul_throughput
 from lossbench.bench.provenance import provenance
 from lossbench.bench.results import ResultsFile
 
@@ -31,6 +31,8 @@ class BenchSession:
     class_counts: tuple[int, ...] | None
     results_dir: Path
     max_minutes: float | None
+    # --hidden-sizes: the linear loss's D (None keeps the preset's).
+    hidden_sizes: tuple[int, ...] | None = None
     # Prints one progress line where the user sees it (pytest's terminal, set by bench/conftest.py).
     announce: Callable[[str], None] = print
     started: float = field(default_factory=time.monotonic)
@@ -38,6 +40,7 @@ class BenchSession:
     done_cases: int = 0
     _results: ResultsFile | None = None
     _copy_bandwidth_gbps: float | None = None
+    _matmul_tflops: dict[torch.dtype, float] = field(default_factory=dict)
     _last_write: float = 0.0
 
     def cases(self) -> list[Case]:
@@ -48,6 +51,7 @@ class BenchSession:
             self.dtypes,
             self.batch_sizes,
             self.class_counts,
+            self.hidden_sizes,
         )
 
     @property
@@ -63,6 +67,13 @@ class BenchSession:
         if self._copy_bandwidth_gbps is None:
             self._copy_bandwidth_gbps = copy_bandwidth(self.device) / 1e9
         return self._copy_bandwidth_gbps
+
+    def matmul_tflops(self, dtype: torch.dtype) -> float:
+        """TFLOP/s of a square matmul in ``dtype``, measured once per session and dtype on
+        first use (``lossbench.bench.measure.matmul_throughput``)."""
+        if dtype not in self._matmul_tflops:
+            self._matmul_tflops[dtype] = matmul_throughput(self.device, dtype) / 1e12
+        return self._matmul_tflops[dtype]
 
     def deadline_passed(self) -> bool:
         if self.max_minutes is None:

@@ -217,5 +217,6 @@ def benchmark_case(
         "dtype": "fp32",
         "batch": batch,
         "classes": classes,
+        "hidden": 0,
         "pass": pass_,
     }

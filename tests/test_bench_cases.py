@@ -1,5 +1,6 @@
 """The harness's vocabulary (lossbench.bench.cases, .implementations, .selection): the bytes a
-case moves, presets, case generation, inputs, why an implementation cannot run, option lists."""
+case moves and its flops, presets, case generation, inputs, why an implementation cannot run,
+option lists."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from lossbench.bench.cases import (
     bytes_moved,
     generate_cases,
     make_inputs,
+    model_flops,
 )
 from lossbench.bench.implementations import UnavailableError, load_implementation
 from lossbench.bench.selection import SelectionError, flatten_names, parse_names, parse_sizes
@@ -38,6 +40,12 @@ def test_bytes_of_sigmoid_losses_by_hand() -> None:
     assert big == 3 * 8192 * 16384 * 2 + 2 * 2
 
 
+def test_flops_of_the_linear_loss_by_hand() -> None:
+    # CCE's Table 1 shape: logits 2 N D V = 9.66e12 flops; with d input and d W, three times it.
+    assert model_flops(8192, 2304, 256000, "forward") == 2 * 8192 * 2304 * 256000
+    assert model_flops(8192, 2304, 256000, "forward_backward") == 6 * 8192 * 2304 * 256000
+
+
 # --- Cases and presets ------------------------------------------------------------------------
 
 
@@ -45,26 +53,57 @@ def test_cases_put_peer_shapes_first_and_cover_every_combination() -> None:
     cases = generate_cases(PRESETS["full"], tuple(LOSSES), ("torch", "triton"), ("bf16",))
     assert len({case.id for case in cases}) == len(cases)
     first = cases[0]
-    assert (first.batch, first.classes) in PEER_SHAPES[first.spec.family]
+    assert first.shape in PEER_SHAPES[first.spec.family]
     softmax_shapes = len(PRESETS["full"].shapes["softmax"])
     ce_cases = [case for case in cases if case.loss == "cross_entropy"]
     assert len(ce_cases) == softmax_shapes * 2 * 2  # shapes x passes x impls
+    linear = [case for case in cases if case.loss == "linear_cross_entropy"]
+    assert {case.shape for case in linear} >= set(PEER_SHAPES["linear"])
+    assert (8192, 2304, 256000) in {case.shape for case in linear}  # CCE's Table 1
+
+
+def test_linear_implementations_run_for_the_linear_loss_only() -> None:
+    impls = ("torch", "torch-chunked", "cce", "cce-filter", "triton")
+    cases = generate_cases(PRESETS["tiny"], tuple(LOSSES), impls, ("fp32",))
+    by_loss = {}
+    for case in cases:
+        by_loss.setdefault(case.loss, set()).add(case.impl)
+    assert by_loss["linear_cross_entropy"] == set(impls)
+    assert by_loss["cross_entropy"] == {"torch", "triton"}
+    linear = next(case for case in cases if case.loss == "linear_cross_entropy")
+    assert linear.id == "linear_cross_entropy-torch-fp32-16x8x40-forward"
+    assert linear.shape == (16, 8, 40) and linear.hidden == 8
 
 
 def test_size_options_replace_the_preset_grid() -> None:
     quick = PRESETS["quick"]
     cases = generate_cases(quick, ("cross_entropy",), ("torch",), ("fp32",), (3, 5), (7,))
     assert {(case.batch, case.classes) for case in cases} == {(3, 7), (5, 7)}
+    # Hidden sizes apply to the linear loss alone; its classes and batches come with the grid.
+    losses = ("cross_entropy", "linear_cross_entropy")
+    cases = generate_cases(quick, losses, ("torch",), ("fp32",), (3,), (7,), (16, 48))
+    assert {case.shape for case in cases} == {(3, 7), (3, 16, 7), (3, 48, 7)}
 
 
 def test_inputs_are_random_and_shaped_per_family() -> None:
     case = Case("sigmoid_focal_loss", "torch", "bf16", 6, 5, "forward_backward")
-    logits, target = make_inputs(case, torch.device("cpu"))
+    (logits,), target = make_inputs(case, torch.device("cpu"))
     assert logits.shape == target.shape == (6, 5) and logits.dtype == torch.bfloat16
     assert logits.requires_grad and logits.std() > 0.5 and set(target.unique().tolist()) <= {0, 1}
     case = Case("cross_entropy", "torch", "fp32", 6, 5, "forward")
-    logits, target = make_inputs(case, torch.device("cpu"), batch=2)
+    (logits,), target = make_inputs(case, torch.device("cpu"), batch=2)
     assert logits.shape == (2, 5) and target.shape == (2,) and not logits.requires_grad
+
+
+def test_linear_inputs_give_standard_normal_logits() -> None:
+    case = Case("linear_cross_entropy", "torch", "bf16", 256, 300, "forward_backward", 64)
+    (hidden, linear_weight), target = make_inputs(case, torch.device("cpu"))
+    assert hidden.shape == (256, 64) and linear_weight.shape == (300, 64)
+    assert hidden.dtype == linear_weight.dtype == torch.bfloat16
+    assert hidden.requires_grad and linear_weight.requires_grad
+    assert target.shape == (256,) and target.min() >= 0 and target.max() < 300
+    logits = hidden.float() @ linear_weight.float().t()
+    assert 0.8 < logits.std() < 1.2
 
 
 # --- Skips with a reason ----------------------------------------------------------------------
@@ -74,6 +113,26 @@ def test_inputs_are_random_and_shaped_per_family() -> None:
 def test_liger_without_gpu_is_unavailable_with_a_reason() -> None:
     with pytest.raises(UnavailableError, match="needs a CUDA GPU"):
         load_implementation("cross_entropy", "liger")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the reason given without a GPU")
+@pytest.mark.parametrize("impl", ["liger", "cce", "cce-filter"])
+def test_linear_peers_without_gpu_are_unavailable_with_a_reason(impl: str) -> None:
+    with pytest.raises(UnavailableError, match="need"):
+        load_implementation("linear_cross_entropy", impl)
+
+
+def test_linear_only_peers_say_so_for_other_losses() -> None:
+    with pytest.raises(UnavailableError, match="linear cross-entropy only"):
+        load_implementation("cross_entropy", "torch-chunked")
+
+
+def test_torch_chunked_needs_torch_2_14(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.nn import functional
+
+    monkeypatch.delattr(functional, "linear_cross_entropy", raising=False)
+    with pytest.raises(UnavailableError, match=r"no F\.linear_cross_entropy"):
+        load_implementation("linear_cross_entropy", "torch-chunked")
 
 
 def test_liger_has_no_focal_loss_and_says_so() -> None:

@@ -124,3 +124,52 @@ def test_summary_lists_a_disagreeing_case(tmp_path: Path) -> None:
     results.write()
     summary = summary_markdown(load_results(tmp_path))
     assert "**FAIL** (1 of 1)" in summary and "cross_entropy triton fp32 8 x 10" in summary
+
+
+# --- The linear cross-entropy's report --------------------------------------------------------
+
+
+def _linear_case(impl: str, batch: int, classes: int, hidden: int = 32) -> dict[str, object]:
+    return {
+        "loss": "linear_cross_entropy",
+        "impl": impl,
+        "dtype": "bf16",
+        "batch": batch,
+        "classes": classes,
+        "hidden": hidden,
+        "pass": "forward_backward",
+    }
+
+
+def test_linear_memory_plot_and_summary_with_published_figures(tmp_path: Path) -> None:
+    # torch keeps N x V logits (grows with both), triton a few bytes a row; a sweep of V at
+    # N = 256 and of N at V = 1024, as the quick preset has.
+    results = ResultsFile(tmp_path, PROVENANCE)
+    shapes = {(64, 1024), (256, 1024), (1024, 1024), (256, 256), (256, 4096)}
+    for batch, classes in shapes:
+        for impl, workspace in (("torch", 12 * batch * classes), ("triton", 20 * batch)):
+            gradients = (batch + classes) * 32 * 2
+            metrics = [
+                ("peak_memory", gradients + workspace),
+                ("peak_beyond_gradients", workspace),
+                ("agreement", 1),
+                ("loss_rel_error", 1e-3),
+                ("grad_rel_error", 2e-3),
+                ("weight_grad_rel_error", 3e-3),
+                ("tolerance", 1e-2),
+            ]
+            if impl == "torch":
+                metrics += [("time_median", 1.0), ("tflops", 0.5), ("matmul_fraction", 0.25)]
+            results.record(_linear_case(impl, batch, classes), metrics)
+    results.write()
+    written = {path.name for path in report.regenerate(tmp_path)}
+    assert written == {"linear_memory_bf16.png", "SUMMARY.md"}
+    summary = (tmp_path / "SUMMARY.md").read_text()
+    assert "## Linear cross-entropy" in summary
+    assert "| bf16 | forward_backward | 256 x 32 x 4096 | torch | 1 | 0.5 | 25% |" in summary
+    # The published A100 figures, marked as such, and the GPU shapes said to be unmeasured.
+    assert "1164 MB (published, A100)" in summary and "28000 MB (published, A100)" in summary
+    assert "Unmeasured" in summary and "8192 x 2304 x 256000" in summary
+    # The worst gradient error of the linear loss counts the classifier's gradient too.
+    assert "| linear_cross_entropy | torch | PASS | 5 | 0.001 | 0.003 |" in summary
+    assert headline_table(load_results(tmp_path)) == ""  # the linear loss has its own table

@@ -208,3 +208,28 @@ def test_git_commit_is_dirty_for_code_changes_and_not_for_results(
     assert not provenance.git_commit().endswith("+dirty")
     (tmp_path / "code.py").write_text("x = 2\n")
     assert provenance.git_commit().endswith("+dirty")
+
+
+def test_a_csv_from_before_the_hidden_column_is_read_and_rewritten_with_it(
+    tmp_path: Path,
+) -> None:
+    # The layout written before the linear loss: no `hidden` column. Its rows read as hidden 0,
+    # a rerun of one case replaces that case's rows, and the file is rewritten with the column.
+    from lossbench.bench.results import COLUMNS_BEFORE_HIDDEN
+
+    earlier = {**PROVENANCE, **_case("torch", 8, 10), "metric": "time_median", "value": "2.0"}
+    earlier.pop("hidden")
+    row = [str(earlier.get(column, "")) for column in COLUMNS_BEFORE_HIDDEN]
+    (tmp_path / BENCHMARKS_CSV).write_text(
+        ",".join(COLUMNS_BEFORE_HIDDEN) + "\n" + ",".join(row) + "\n"
+    )
+    frame = load_results(tmp_path)
+    assert list(frame.columns) == COLUMNS
+    assert frame["hidden"].tolist() == [0] and frame["value"].tolist() == [2.0]
+    results = ResultsFile(tmp_path, {**PROVENANCE, "run_date": "2026-02-02T00:00:00Z"})
+    results.record(_case("triton", 8, 10), [("time_median", 1.0)])
+    results.write()
+    header = (tmp_path / BENCHMARKS_CSV).read_text().splitlines()[0]
+    assert header.split(",") == COLUMNS
+    frame = load_results(tmp_path)
+    assert sorted(frame["impl"]) == ["torch", "triton"] and set(frame["hidden"]) == {0}

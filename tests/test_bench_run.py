@@ -139,6 +139,42 @@ def test_a_disagreeing_peer_is_timed_and_reported_as_expected_failure(
 # --- Peak memory on the CPU -------------------------------------------------------------------
 
 
+def test_a_linear_case_records_memory_beyond_gradients_and_flops() -> None:
+    # torch eager at N 64 x D 16 x V 300: the peak holds the fp32 logits (77 KB) and more.
+    case = Case("linear_cross_entropy", "torch", "fp32", 64, 300, "forward_backward", 16)
+    benchmark = _RecordingBenchmark()
+    outcome = run._measure(case, _FakeSession(), benchmark)
+    metrics = {name: value for name, value, *_ in outcome.metrics}
+    assert outcome.fail is None and outcome.xfail is None and benchmark.calls == 1
+    assert metrics["agreement"] == 1 and metrics["weight_grad_rel_error"] <= 1e-5
+    gradients = (64 + 300) * 16 * 4
+    assert metrics["peak_beyond_gradients"] == metrics["peak_memory"] - gradients
+    assert metrics["peak_beyond_gradients"] >= 64 * 300 * 4
+    assert metrics["flops"] == 6 * 64 * 16 * 300 and "bytes" not in metrics
+
+
+def test_linear_agreement_catches_a_wrong_weight_gradient() -> None:
+    hidden = torch.randn(20, 6, requires_grad=True)
+    linear_weight = torch.randn(9, 6, requires_grad=True)
+    target = torch.randint(0, 9, (20,))
+    loss = functional.cross_entropy(hidden @ linear_weight.t(), target)
+    loss.backward()
+    args = (torch.float32, hidden, linear_weight, target, loss.detach())
+    right = agreement.check_linear_agreement(*args, hidden.grad, linear_weight.grad)
+    assert right.passed and right.gradient_rows == 20
+    wrong_weight = linear_weight.grad.clone()
+    wrong_weight[-1] *= 1.01  # the last class's gradient row: a class-offset bug
+    wrong = agreement.check_linear_agreement(*args, hidden.grad, wrong_weight)
+    assert not wrong.passed and wrong.grad_error <= 1e-5 and wrong.weight_grad_error > 1e-3
+    assert "weight gradient error" in wrong.describe()
+
+
+def test_linear_agreement_rows_bound_the_float64_check() -> None:
+    assert agreement.linear_agreement_rows(8192, 2304, 256000, interpreted=False) == 116
+    assert agreement.linear_agreement_rows(64, 32, 1024, interpreted=False) == 64
+    assert agreement.linear_agreement_rows(1024, 32, 4096, interpreted=True) == 8
+
+
 def test_cpu_peak_memory_sees_a_known_allocation_and_not_the_inputs() -> None:
     mebibytes_32 = 8 * 2**20  # float32 elements in 32 MiB
     inputs = torch.ones(2 * mebibytes_32)  # 64 MiB allocated before: must not count
