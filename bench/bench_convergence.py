@@ -29,6 +29,7 @@ from lossbench.bench.convergence.train import (
     DEFAULT_CPU_THREADS,
     TRAINED_IMPLEMENTATIONS,
     TrainingConfig,
+    batch_loss,
     exact_float32,
     train_epoch,
     trained_implementation,
@@ -68,13 +69,15 @@ def torch_epoch_losses() -> dict[tuple[str, str, int], torch.Tensor]:
 def _epoch(
     data: DigitData,
     task: Task,
+    loss: str,
     compute_loss: LossFunction,
     state: dict[str, torch.Tensor],
     order: torch.Tensor,
     steps: int,
     device: torch.device,
 ) -> Callable[[], torch.Tensor]:
-    """A fresh model from ``state`` and its Adam optimizer, and the call training one epoch."""
+    """A fresh model from ``state`` and its Adam optimizer, and the call training one epoch with
+    ``compute_loss``, an implementation of ``loss``."""
     model, optimizer = build_model_and_optimizer(task, data.image_size, state, device)
     targets = task.targets(data.train_labels)
 
@@ -82,7 +85,7 @@ def _epoch(
         losses = train_epoch(
             model,
             optimizer,
-            compute_loss,
+            batch_loss(compute_loss, loss),
             data.train_images,
             targets,
             order,
@@ -127,7 +130,7 @@ def test_training_epoch(
     order = order.to(bench_device)
 
     def epoch_of(function: LossFunction) -> Callable[[], torch.Tensor]:
-        return _epoch(digits, task, function, state, order, steps, bench_device)
+        return _epoch(digits, task, loss, function, state, order, steps, bench_device)
 
     with exact_float32():
         key = (task_name, loss, steps)

@@ -43,6 +43,7 @@ from lossbench.bench.convergence.train import (
     DEFAULT_CPU_THREADS,
     TRAINED_IMPLEMENTATIONS,
     TrainingConfig,
+    batch_loss,
     exact_float32,
     train,
     train_epoch,
@@ -73,11 +74,13 @@ def _fresh_seed() -> int:
 def _train_recording(
     data: DigitData,
     task: Task,
+    loss: str,
     compute_loss: LossFunction,
     state: dict[str, torch.Tensor],
     order: torch.Tensor,
 ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]], dict]:
-    """Train TRAINING_STEPS steps through ``train_epoch``, as ``train`` does.
+    """Train TRAINING_STEPS steps through ``train_epoch`` with ``compute_loss``, an implementation
+    of ``loss``, as ``train`` does.
 
     Returns the step losses, each step's gradients, each step's Adam denominator sqrt(v_hat) +
     eps (v_hat: the bias-corrected second moment), and the final weights.
@@ -102,7 +105,7 @@ def _train_recording(
         losses = train_epoch(
             model,
             optimizer,
-            compute_loss,
+            batch_loss(compute_loss, loss),
             data.train_images,
             task.targets(data.train_labels),
             order,
@@ -213,9 +216,9 @@ def _assert_trains_like_torch(
     order = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(seed))
     order = order.to(DEVICE)
     torch_losses, torch_gradients, torch_denominators, torch_weights = _train_recording(
-        data, task, trained_implementation("torch", loss).function, state, order
+        data, task, loss, trained_implementation("torch", loss).function, state, order
     )
-    losses, gradients, _, weights = _train_recording(data, task, compute_loss, state, order)
+    losses, gradients, _, weights = _train_recording(data, task, loss, compute_loss, state, order)
     assert_close(losses, torch_losses, torch.float32, f"{what} step losses")
     scales = _gradient_scales(torch_gradients)
     # Only the first step's gradients: there the weights are identical, so any difference is the

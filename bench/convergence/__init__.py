@@ -8,7 +8,9 @@ fused kernels compute the loss and its gradient as torch does, the curves lie on
 
 Three task types from the article, on the same images (``data.TASKS``):
 
-- ``multiclass``: which digit (10 outputs), with cross-entropy and with softmax focal loss;
+- ``multiclass``: which digit (10 outputs), with cross-entropy, with softmax focal loss, and with
+  the linear cross-entropy, which replaces the CNN's last layer and the cross-entropy by one loss
+  taking the hidden features and that layer's weight and bias;
 - ``binary``: is the digit 5 or more (1 output), with BCE-with-logits and with sigmoid focal loss;
 - ``multilabel``: {even, 5 or more, prime} at once (3 outputs), with the same two sigmoid losses.
 

@@ -150,7 +150,8 @@ TASKS: dict[str, Task] = {
             "multiclass",
             "which digit (10 classes)",
             10,
-            ("cross_entropy", "softmax_focal_loss"),
+            # linear_cross_entropy: the last layer and the cross-entropy in one loss.
+            ("cross_entropy", "softmax_focal_loss", "linear_cross_entropy"),
             lambda labels: labels,
         ),
         Task(

@@ -20,7 +20,8 @@ class DigitCNN(nn.Module):
     """The article's CNN, corrected: conv 1->16 3x3 (padding 1), ReLU, 2x2 max-pool, flatten,
     fc 16*(H/2)*(W/2) -> 128, ReLU, fc 128 -> ``n_outputs``.
 
-    Input (N, 1, H, W) float images; output (N, n_outputs) logits.
+    Input (N, 1, H, W) float images; output (N, n_outputs) logits. ``features`` stops before the
+    last layer: (N, 128), what a linear cross-entropy takes with ``fc2``'s weight and bias.
     """
 
     def __init__(self, height: int, width: int, n_outputs: int) -> None:
@@ -32,11 +33,15 @@ class DigitCNN(nn.Module):
         self.fc1 = nn.Linear(CONV_CHANNELS * (height // 2) * (width // 2), HIDDEN_UNITS)
         self.fc2 = nn.Linear(HIDDEN_UNITS, n_outputs)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The hidden features (N, 128) that the last layer, fc2, turns into logits."""
         features = self.pool(functional.relu(self.conv(images)))
         # The article's code skips this flatten, so its fc1 never receives a matrix.
         features = torch.flatten(features, start_dim=1)
-        return self.fc2(functional.relu(self.fc1(features)))
+        return functional.relu(self.fc1(features))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.features(images))
 
 
 def initial_state(task: Task, image_size: tuple[int, int], seed: int) -> dict[str, torch.Tensor]:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from lossbench.bench.cases import LOSSES, LossFunction
@@ -22,6 +21,7 @@ from lossbench.bench.convergence import ConvergenceError
 from lossbench.bench.convergence.data import TASKS, DigitData, Task
 from lossbench.bench.convergence.model import (
     LEARNING_RATE,
+    DigitCNN,
     build_model_and_optimizer,
     initial_state,
 )
@@ -70,6 +70,31 @@ def trained_implementation(implementation: str, loss: str) -> Implementation:
         raise ConvergenceError(
             f"the {implementation} implementation of {loss} is unavailable: {error}"
         ) from error
+
+
+# The training loss of one batch: (model, images, targets) -> the batch-mean loss.
+BatchLoss = Callable[[DigitCNN, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def batch_loss(function: LossFunction, loss: str) -> BatchLoss:
+    """``function`` (an implementation of ``loss``, as the harness runs it) as a batch's loss.
+
+    A loss of logits takes the CNN's output. The linear cross-entropy takes the CNN's hidden
+    features and its last layer's weight and bias instead: the layer and the loss fused, the
+    same parameters trained.
+    """
+    if LOSSES[loss].family == "linear":
+
+        def fused(model: DigitCNN, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            last = model.fc2
+            return function(model.features(images), last.weight, targets, linear_bias=last.bias)
+
+        return fused
+
+    def of_logits(model: DigitCNN, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return function(model(images), targets)
+
+    return of_logits
 
 
 @dataclass(frozen=True)
@@ -151,9 +176,9 @@ def exact_float32() -> Iterator[None]:
 
 
 def train_epoch(
-    model: nn.Module,
+    model: DigitCNN,
     optimizer: torch.optim.Optimizer,
-    compute_loss: LossFunction,
+    compute_loss: BatchLoss,
     images: torch.Tensor,
     targets: torch.Tensor,
     order: torch.Tensor,
@@ -171,7 +196,7 @@ def train_epoch(
     for step in range(n_steps):
         batch = order[step * batch_size : (step + 1) * batch_size]
         optimizer.zero_grad(set_to_none=True)
-        loss = compute_loss(model(images[batch]), targets[batch])
+        loss = compute_loss(model, images[batch], targets[batch])
         loss.backward()
         optimizer.step()
         step_losses.append(loss.detach())
@@ -181,7 +206,7 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate_error(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> float:
+def evaluate_error(model: DigitCNN, images: torch.Tensor, targets: torch.Tensor) -> float:
     """The article's 0-1 loss of ``model`` on the test set: the fraction of wrong labels.
 
     Wrong digits for multi-class, wrong 0/1 labels for binary and multi-label (each of the three
@@ -231,7 +256,7 @@ def train(
             losses = train_epoch(
                 model,
                 optimizer,
-                trained.function,
+                batch_loss(trained.function, loss),
                 data.train_images,
                 train_targets,
                 order,
