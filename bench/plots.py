@@ -301,6 +301,9 @@ def plot_linear_memory(wide, frame, folder: Path) -> list[Path]:
             axis.set_xscale("log")
             axis.set_yscale("log")
             axis.yaxis.set_major_formatter(EngFormatter(unit="B"))
+            # Ticks at the measured sizes, written out: decades alone label none of them.
+            axis.set_xticks(list(sizes[along]), [str(int(size)) for size in sizes[along]])
+            axis.minorticks_off()
             axis.set_xlabel(label)
             letters = {"batch": "N", "hidden": "D", "classes": "V"}
             axis.set_title(", ".join(f"{letters[name]} = {int(v)}" for name, v in fixed.items()))

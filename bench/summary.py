@@ -248,13 +248,15 @@ def _linear_section(wide) -> list[str]:
         "'of matmul': its fraction of a square matmul in the same dtype measured in the same "
         "run. Memory: the peak beyond the inputs (gradients included), and beyond the inputs "
         "and their gradients (the workspace). Agreement: against the float64 reference "
-        "on the rows of `agreement_batch`.",
+        f"on the rows of `agreement_batch`. A time whose spread exceeds {NOISY_SPREAD:.0%} of "
+        "its median is noisy: no rate is drawn from it.",
         "",
     ]
     rows = []
     order = ["dtype", "pass", "batch", "hidden", "classes", "impl"]
     for _, row in linear.sort_values(order).iterrows():
         timed = not math.isnan(row["time_ms"])
+        rated = timed and not row["noisy"]
         checked = not math.isnan(row["agreement"])
         rows.append(
             [
@@ -263,8 +265,8 @@ def _linear_section(wide) -> list[str]:
                 f"{int(row['batch'])} x {int(row['hidden'])} x {int(row['classes'])}",
                 row["impl"],
                 f"{row['time_ms']:.4g} {_spread(row)}".strip() if timed else "-",
-                f"{row['tflops_rate']:.3g}" if timed else "-",
-                f"{row['of_matmul']:.0%}" if timed else "-",
+                f"{row['tflops_rate']:.3g}" if rated else ("noisy" if timed else "-"),
+                f"{row['of_matmul']:.0%}" if rated else ("noisy" if timed else "-"),
                 _bytes(row["peak_memory"]),
                 _bytes(row["peak_beyond_gradients"]),
                 ("PASS" if row["agreement"] == 1 else "**FAIL**") if checked else "-",
