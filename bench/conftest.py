@@ -30,7 +30,7 @@ from lossbench.bench.results import (
 )
 from lossbench.bench.selection import SelectionError, parse_names, parse_sizes
 from lossbench.bench.session import BenchSession
-from lossbench.bench.summary import headline_table
+from lossbench.bench.summary import headline_table, linear_headline_table
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -179,8 +179,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         return
     frame = load_results(bench.results_dir)
     frame = frame[frame["run_date"] == bench.results.provenance["run_date"]]
-    reporter.write_sep("=", "lossbench: forward+backward speedup over torch eager")
-    reporter.write_line(headline_table(frame) or "nothing was timed")
+    headline, linear = headline_table(frame), linear_headline_table(frame)
+    if headline or not linear:
+        reporter.write_sep("=", "lossbench: forward+backward speedup over torch eager")
+        reporter.write_line(headline or "nothing was timed")
+    if linear:
+        reporter.write_sep("=", "lossbench: linear cross-entropy, forward+backward, largest shape")
+        reporter.write_line(linear)
     reporter.write_line(
         f"results: {bench.results_dir / BENCHMARKS_CSV}, plots and SUMMARY.md beside it"
     )

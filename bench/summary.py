@@ -22,6 +22,9 @@ def _provenance_line(frame) -> str:
 
 
 def _shape(row) -> str:
+    """'N x C', or 'N x D x V' for the linear loss."""
+    if row.get("hidden", 0):
+        return f"{int(row['batch'])} x {int(row['hidden'])} x {int(row['classes'])}"
     return f"{int(row['batch'])} x {int(row['classes'])}"
 
 
@@ -89,6 +92,47 @@ def headline_table(frame) -> str:
                 cells.append(text)
             rows.append(cells)
     return markdown_table(["loss", "dtype", "N x C", "torch eager", *impls], rows)
+
+
+def linear_headline_table(frame) -> str:
+    """The linear cross-entropy's forward+backward at its largest measured shape per dtype:
+    time, fraction of the matmul, peak memory beyond the inputs and beyond their gradients, per
+    implementation. Empty string when the frame holds no such case."""
+    wide = case_table(frame)
+    linear = wide[
+        (wide["loss"] == LINEAR_LOSS)
+        & (wide["pass"] == "forward_backward")
+        & wide["peak_memory"].notna()
+    ]
+    rows = []
+    for dtype, group in linear.groupby("dtype"):
+        work = group["batch"] * group["hidden"] * group["classes"]
+        largest = group.loc[work.idxmax()]
+        at_shape = group[
+            (group["batch"] == largest["batch"])
+            & (group["hidden"] == largest["hidden"])
+            & (group["classes"] == largest["classes"])
+        ]
+        for _, row in at_shape.sort_values("impl").iterrows():
+            timed = not math.isnan(row["time_ms"])
+            of_matmul = "-"
+            if timed:
+                of_matmul = "noisy" if row["noisy"] else f"{row['of_matmul']:.0%}"
+            rows.append(
+                [
+                    dtype,
+                    _shape(row),
+                    row["impl"],
+                    f"{row['time_ms']:.4g} {_spread(row)}".strip() if timed else "-",
+                    of_matmul,
+                    _bytes(row["peak_memory"]),
+                    _bytes(row["peak_beyond_gradients"]),
+                ]
+            )
+    if not rows:
+        return ""
+    header = ["dtype", "N x D x V", "impl", "ms", "of matmul", "peak", "beyond gradients"]
+    return markdown_table(header, rows)
 
 
 def summary_markdown(frame) -> str:
@@ -196,10 +240,13 @@ def _agreement_section(wide) -> list[str]:
     if not failures.empty:
         lines += ["Disagreeing cases (relative errors, tolerance; gradient's worst entry):", ""]
         for _, row in failures.iterrows():
+            weight = ""
+            if not math.isnan(row["weight_grad_rel_error"]):
+                weight = f", classifier gradient {row['weight_grad_rel_error']:.3g}"
             lines.append(
                 f"- {row['loss']} {row['impl']} {row['dtype']} {_shape(row)} {row['pass']}: "
-                f"loss {row['loss_rel_error']:.3g}, gradient {row['grad_rel_error']:.3g}, "
-                f"tolerance {row['tolerance']:g}; worst entry "
+                f"loss {row['loss_rel_error']:.3g}, gradient {row['grad_rel_error']:.3g}"
+                f"{weight}, tolerance {row['tolerance']:g}; worst entry "
                 f"{row['grad_elementwise_error']:.3g} x allowed"
             )
         lines.append("")

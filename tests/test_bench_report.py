@@ -9,7 +9,7 @@ from pathlib import Path
 from lossbench.bench import report
 from lossbench.bench.cases import bytes_moved
 from lossbench.bench.results import ResultsFile, case_table, load_results
-from lossbench.bench.summary import headline_table, summary_markdown
+from lossbench.bench.summary import headline_table, linear_headline_table, summary_markdown
 
 from .helpers import PROVENANCE
 from .helpers import benchmark_case as _case
@@ -172,4 +172,8 @@ def test_linear_memory_plot_and_summary_with_published_figures(tmp_path: Path) -
     assert "Unmeasured" in summary and "8192 x 2304 x 256000" in summary
     # The worst gradient error of the linear loss counts the classifier's gradient too.
     assert "| linear_cross_entropy | torch | PASS | 5 | 0.001 | 0.003 |" in summary
-    assert headline_table(load_results(tmp_path)) == ""  # the linear loss has its own table
+    frame = load_results(tmp_path)
+    assert headline_table(frame) == ""  # the linear loss has its own tables
+    terminal = linear_headline_table(frame)  # the largest shape only
+    assert "256 x 32 x 4096" in terminal and "1024 x 32 x 1024" not in terminal
+    assert "| bf16 | 256 x 32 x 4096 | triton | - | - |" in terminal
