@@ -51,9 +51,12 @@ cores; fp32 operands follow torch's own setting for fp32 matmuls
 (``torch.backends.cuda.matmul.fp32_precision``, or ``allow_tf32`` on a torch without it): IEEE
 fp32 by default, exact to fp32 rounding as torch's default cuBLAS SGEMM, or TF32 (10-bit
 mantissas, about 1e-3 relative error in the logits) when the user allowed TF32 for torch's
-matmuls too. The interpreter multiplies in fp32 whatever is asked (it has no TF32). dz is rounded
-to the operands' dtype before the two backward products, as torch's own gradient of the logits is
-in the input dtype.
+matmuls too. The interpreter multiplies in fp32 whatever is asked (it has no TF32). For 16-bit
+inputs dz enters the two backward products as a sum of 16-bit terms (3 for bf16, 2 for fp16:
+``GRAD_SPLITS``), one tensor-core product each, so that every gradient is exact to its final
+rounding, entry by entry; ``gradient_precision="input"`` rounds dz once to the input dtype
+instead, as torch's own gradient of 16-bit logits is: a third of the backward products' work,
+and errors far beyond an entry's size wherever its sum cancels.
 """
 
 from __future__ import annotations
@@ -133,6 +136,12 @@ _BACKWARD_TILES = {
     2: _Tiles(block_n=128, block_v=64, block_d=64, num_warps=8, num_stages=3, grad_block_d=32),
     4: _Tiles(block_n=64, block_v=64, block_d=32, num_warps=8, num_stages=2, grad_block_d=16),
 }
+# 16-bit terms dz is split into for the backward products under gradient_precision="fp32"
+# (_backward_kernel): the remainder after k bf16 terms is 2^-9k of dz, after k fp16 terms 2^-12k,
+# so 3 and 2 terms leave dz exact to about fp32's 2^-24. Measured in the interpreter (bf16, 12
+# shapes x 4 seeds, D up to 512, V up to 2048): worst gradient entry 0.39 of its elementwise
+# allowance with 3 terms, which is the final rounding to bf16 alone, 0.56 with 2 terms, 339 with 1.
+GRAD_SPLITS = {torch.bfloat16: 3, torch.float16: 2, torch.float32: 1}
 # Rows per program of _row_loss_kernel: elementwise over S x 5 loads a row, 4 warps x 32 threads
 # x 8 rows.
 ROWS_PER_LOSS_PROGRAM = 1024
@@ -457,6 +466,7 @@ def _backward_kernel(
     BLOCK_V: tl.constexpr,
     BLOCK_D: tl.constexpr,
     GRAD_BLOCK_D: tl.constexpr,
+    GRAD_SPLITS: tl.constexpr,  # 16-bit terms dz is split into for the products (1 for fp32)
     GROUP_N: tl.constexpr,
 ):
     """Each program recomputes the logits of BLOCK_N rows x BLOCK_V classes of the slab, and adds
@@ -535,8 +545,26 @@ def _backward_kernel(
             tl.atomic_add(
                 grad_b_ptr + slab_offsets, tl.sum(grad, axis=0), mask=class_mask, sem="relaxed"
             )
-        # The products run on the operands' dtype, dz rounded to it as torch's logit gradient is.
-        grad_operand = grad.to(x_ptr.dtype.element_ty)
+        # The products run on the tensor cores in the operands' dtype. Rounded to bf16 once, dz
+        # would carry 2^-9 relative errors into sums that cancel to entries far below their
+        # terms (d input_d = sum_j dz_j W_jd): such an entry is then wrong by far more than its
+        # own size. So 16-bit dz goes in as the sum of GRAD_SPLITS 16-bit terms (the first
+        # dz rounded, each next one the rounded remainder: 2^-9 less each time for bf16), one
+        # product each, accumulated in fp32; fp32 dz goes in whole.
+        operand_type = x_ptr.dtype.element_ty
+        scaled = grad
+        if operand_type == tl.float16:
+            # fp16's normal numbers stop at 6.1e-5: a smaller dz, or a remainder, would be a
+            # subnormal of fixed absolute spacing 6e-8 and lose its low terms. So the tile is
+            # scaled to a largest |dz| near 2^14 first (its maximum, 65504, is 2^16 - 2^5), and
+            # each partial product scaled back, in fp32.
+            largest_dz = tl.max(tl.max(tl.abs(grad), axis=1), axis=0)
+            tile_scale = tl.where(largest_dz > 0.0, 16384.0 / largest_dz, 1.0)
+            scaled = grad * tile_scale
+        dz_high = scaled.to(operand_type)
+        remainder = scaled - dz_high.to(tl.float32)
+        dz_middle = remainder.to(operand_type)
+        dz_low = (remainder - dz_middle.to(tl.float32)).to(operand_type)
         features = tl.arange(0, GRAD_BLOCK_D)
         for start in range(0, n_features, GRAD_BLOCK_D):
             feature = start + features
@@ -550,7 +578,13 @@ def _backward_kernel(
                     mask=class_mask[:, None] & feature_mask[None, :],
                     other=0.0,
                 )
-                part = tl.dot(grad_operand, w, input_precision=DOT_PRECISION)
+                part = tl.dot(dz_high, w, input_precision=DOT_PRECISION)
+                if GRAD_SPLITS >= 2:
+                    part = tl.dot(dz_middle, w, part)
+                if GRAD_SPLITS >= 3:
+                    part = tl.dot(dz_low, w, part)
+                if operand_type == tl.float16:
+                    part = part / tile_scale
                 tl.atomic_add(
                     grad_x_ptr + rows[:, None] * n_features + feature[None, :],
                     part,
@@ -564,7 +598,13 @@ def _backward_kernel(
                     mask=row_mask[:, None] & feature_mask[None, :],
                     other=0.0,
                 )
-                part = tl.dot(tl.trans(grad_operand), x, input_precision=DOT_PRECISION)
+                part = tl.dot(tl.trans(dz_high), x, input_precision=DOT_PRECISION)
+                if GRAD_SPLITS >= 2:
+                    part = tl.dot(tl.trans(dz_middle), x, part)
+                if GRAD_SPLITS >= 3:
+                    part = tl.dot(tl.trans(dz_low), x, part)
+                if operand_type == tl.float16:
+                    part = part / tile_scale
                 tl.atomic_add(
                     grad_w_ptr + slab_offsets[:, None].to(tl.int64) * n_features + feature[None, :],
                     part,
@@ -585,6 +625,7 @@ class _LinearOptions:
     softcap: float | None
     filter_eps: float | None
     dot_precision: str
+    gradient_precision: str
 
 
 def _fp32_dot_precision() -> str:
@@ -787,6 +828,7 @@ def _launch_backward(
             BLOCK_V=tiles.block_v,
             BLOCK_D=tiles.block_d,
             GRAD_BLOCK_D=tiles.grad_block_d,
+            GRAD_SPLITS=GRAD_SPLITS[x.dtype] if options.gradient_precision == "fp32" else 1,
             GROUP_N=GROUP_ROW_BLOCKS,
             num_warps=tiles.num_warps,
             num_stages=tiles.num_stages,
@@ -913,6 +955,7 @@ def linear_cross_entropy(
     z_loss_scale: float = 0.0,
     softcap: float | None = None,
     filter_eps: float | str | None = None,
+    gradient_precision: str = "fp32",
 ) -> torch.Tensor:
     """Fused linear cross-entropy: ``reference.linear_cross_entropy``'s results and gradients
     (``F.linear_cross_entropy``'s, plus z-loss and soft-capping), never materialising the logits.
@@ -945,6 +988,15 @@ def linear_cross_entropy(
             nearly every tile is skipped, the gradients lose most of their sum_c p_c W_c part,
             and they fail the agreement check. Exact only where the skipped mass is negligible,
             as in a trained model's peaked softmax. Not with label smoothing.
+        gradient_precision: how d loss / d logits enters the two backward products with 16-bit
+            inputs. "fp32" (the default, exact): as the sum of 3 bf16 (2 fp16) terms, one tensor-
+            core product each, so that only the final rounding of each gradient to its dtype
+            remains: the backward then executes 2 + 4 x 3 = 14 N D V flops in bf16 (10 in fp16)
+            instead of 6. "input": rounded once to the input dtype, as torch's own gradient of
+            bf16 logits is, one product each (6 N D V, CCE's count); its gradients pass the
+            normwise check but not the elementwise one, where an entry is a sum that cancels far
+            below its terms (measured: 339 times the bf16 allowance). fp32 inputs take dz whole
+            either way.
 
     Returns:
         the loss in ``input``'s dtype: a scalar for 'mean' and 'sum', per-row losses for 'none'.
@@ -1009,6 +1061,10 @@ def linear_cross_entropy(
     if not 0.0 <= z_loss_scale < math.inf:
         raise ValueError(f"z_loss_scale must be finite and >= 0, got {z_loss_scale}")
     filter_eps = _check_filter_eps(filter_eps, input.dtype, label_smoothing)
+    if gradient_precision not in ("fp32", "input"):
+        raise ValueError(
+            f"gradient_precision must be 'fp32' or 'input', got {gradient_precision!r}"
+        )
     check_no_gradient_wanted("reference.linear_cross_entropy", weight=weight)
     if INTERPRETED:
         # Reading the labels is free on the CPU; on a GPU it would be a host sync.
@@ -1027,6 +1083,7 @@ def linear_cross_entropy(
         softcap=None if softcap is None else float(softcap),
         filter_eps=filter_eps,
         dot_precision=_fp32_dot_precision() if input.dtype == torch.float32 else "ieee",
+        gradient_precision=gradient_precision,
     )
     return _LinearCrossEntropyFunction.apply(
         input, linear_weight, linear_bias, target, weight, options
@@ -1039,7 +1096,7 @@ def linear_cross_entropy(
 class LinearCrossEntropyLoss(reference_linear.LinearCrossEntropyLoss):
     """Module form of :func:`linear_cross_entropy`: the classifier ``self.linear``, arguments and
     buffers of reference.linear.LinearCrossEntropyLoss (torch 2.14's module, less ``out_features``
-    and ``options``), plus the fused kernel's ``filter_eps``."""
+    and ``options``), plus the fused kernel's ``filter_eps`` and ``gradient_precision``."""
 
     def __init__(
         self,
@@ -1056,6 +1113,7 @@ class LinearCrossEntropyLoss(reference_linear.LinearCrossEntropyLoss):
         z_loss_scale: float = 0.0,
         softcap: float | None = None,
         filter_eps: float | str | None = None,
+        gradient_precision: str = "fp32",
     ) -> None:
         super().__init__(
             in_features,
@@ -1071,6 +1129,7 @@ class LinearCrossEntropyLoss(reference_linear.LinearCrossEntropyLoss):
             softcap=softcap,
         )
         self.filter_eps = filter_eps
+        self.gradient_precision = gradient_precision
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return linear_cross_entropy(
@@ -1085,4 +1144,5 @@ class LinearCrossEntropyLoss(reference_linear.LinearCrossEntropyLoss):
             z_loss_scale=self.z_loss_scale,
             softcap=self.softcap,
             filter_eps=self.filter_eps,
+            gradient_precision=self.gradient_precision,
         )

@@ -265,6 +265,7 @@ CASES: dict[str, Callable[[], None]] = {
     "linear CE weight+smoothing+z-loss+softcap mean, bias, fp32": _linear_case(
         torch.float32, "mean", with_options=True
     ),
+    "linear CE sum, bias, fp16 (a scaled tile, two-term dz)": _linear_case(torch.float16, "sum"),
 }
 
 

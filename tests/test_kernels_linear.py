@@ -331,6 +331,28 @@ def test_ignore_index_inside_class_range() -> None:
     _check(tensors, target, reduction="mean", ignore_index=5, **options)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_gradient_precision_input_is_normwise_close(dtype: torch.dtype) -> None:
+    # dz rounded once to the input dtype, as torch's own 16-bit logit gradient: within the
+    # normwise tolerance (what that mode promises), not checked entry by entry.
+    from lossbench.reference.tolerance import relative_error, tolerance
+
+    tensors, target, options = _case(option="all", dtype=dtype)
+    actual, actual_grads, upstream = loss_and_named_gradients(
+        fused.linear_cross_entropy, tensors, target=target, gradient_precision="input", **options
+    )
+    expected, expected_grads, _ = loss_and_named_gradients(
+        reference.linear_cross_entropy,
+        upcast(tensors),
+        upstream.double(),
+        target=target,
+        **upcast(options),
+    )
+    assert relative_error(actual, expected) <= tolerance(dtype)
+    for name, gradient in actual_grads.items():
+        assert relative_error(gradient, expected_grads[name]) <= tolerance(dtype), name
+
+
 # --- The gradient filter -----------------------------------------------------------------------
 
 
@@ -404,9 +426,20 @@ def test_module_matches_function() -> None:
 
 
 def test_class_probability_target_runs_reference() -> None:
+    # A target of class probabilities is N x V itself: the kernel hands it to the reference,
+    # whose own accuracy tests/test_reference_linear.py checks. Same values, same gradients.
     tensors, _, _ = _case((3, 4, N_FEATURES), option="bias")
     probabilities = torch.softmax(torch.randn(3, 4, N_CLASSES, device=DEVICE), dim=-1)
-    _check(tensors, probabilities, reduction="mean", label_smoothing=0.1)
+    options = {"target": probabilities, "reduction": "mean", "label_smoothing": 0.1}
+    actual, actual_grads, upstream = loss_and_named_gradients(
+        fused.linear_cross_entropy, tensors, **options
+    )
+    expected, expected_grads, _ = loss_and_named_gradients(
+        reference.linear_cross_entropy, tensors, upstream, **options
+    )
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    for name, gradient in actual_grads.items():
+        torch.testing.assert_close(gradient, expected_grads[name], rtol=0, atol=0)
     with pytest.raises(ValueError, match="class-index targets"):
         fused.linear_cross_entropy(
             tensors["input"], tensors["linear_weight"], probabilities, z_loss_scale=1e-3
@@ -501,6 +534,7 @@ BAD_CALLS = {
     "z_loss_scale": (ValueError, "z_loss_scale", _call(z_loss_scale=float("inf"))),
     "filter_eps": (ValueError, "filter_eps", _call(filter_eps=1.5)),
     "filter_eps name": (ValueError, "filter_eps", _call(filter_eps="high")),
+    "gradient_precision": (ValueError, "gradient_precision", _call(gradient_precision="bf16")),
     "filter with smoothing": (
         ValueError,
         "label_smoothing",
