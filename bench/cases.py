@@ -151,9 +151,9 @@ def model_flops(batch: int, hidden: int, classes: int, pass_: str) -> int:
 
     forward: the logits, 2 N D V flops; forward_backward adds d input = dz W and d W = dz^T x,
     2 N D V each: 6 N D V (model flops, as MFU counts them; the softmax over N x V is O(N V),
-    negligible against D). An implementation that recomputes the logits in backward, as Cut
-    Cross-Entropy and kernels/linear.py do, executes 8 N D V: its tensor cores are 4/3 as busy
-    as its model-flop rate says.
+    negligible against D). An implementation that recomputes the logits in backward executes
+    more: Cut Cross-Entropy 8 N D V; kernels/linear.py 16 N D V in bf16, 12 in fp16 and 8 in fp32,
+    since its exact backward products take dz as 3, 2 or 1 16-bit terms (``GRAD_SPLITS``).
     """
     logits = 2 * batch * hidden * classes
     return logits if pass_ == "forward" else 3 * logits

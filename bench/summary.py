@@ -291,7 +291,8 @@ def _linear_section(wide) -> list[str]:
         "",
         "Tokens N x hidden D x vocabulary V; forward+backward unless said. TFLOP/s: model "
         "flops (2 N D V forward, 6 N D V forward+backward, for every implementation alike; one "
-        "that recomputes the logits, as CCE and triton do, executes 8 N D V) over the time; "
+        "that recomputes the logits executes more: CCE 8 N D V, triton 16 in bf16, 12 in fp16, "
+        "8 in fp32, to keep its gradients exact) over the time; "
         "'of matmul': its fraction of a square matmul in the same dtype measured in the same "
         "run. Memory: the peak beyond the inputs (gradients included), and beyond the inputs "
         "and their gradients (the workspace). Agreement: against the float64 reference "
