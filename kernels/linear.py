@@ -121,16 +121,16 @@ class _Tiles:
 
 # Tiles per kernel and operand width (bytes). Chosen offline for sm_90 (Triton 3.8's ptxas, through
 # tests/test_kernels_compile.py's machinery), the largest that do not spill: 16-bit operands take
-# 128 rows x 64 classes x 64 features with 8 warps (255 registers a thread, forward and backward;
-# 128 x 128 spills 170-370 bytes forward and 1-2.6 KB backward, even at 16 warps), the backward's
-# two products 32 features at a time (64 spills); fp32 operands multiply on FMA units (IEEE, see
-# the module docstring), which hold more registers a product: 64 x 64 x 32 (168 registers
-# forward, 186 backward; 128 x 64 spills 36-544 bytes). CCE 25.1.1's tuned tiles are 256 x 128 x
-# 32 forward and 128 x 128 x 32 backward with lock-protected adds instead of atomics. Not timed:
-# no GPU was available when this was written.
+# 128 rows x 64 classes x 64 features with 8 warps (242-255 registers a thread, forward and
+# backward; 128 x 128 spills 170-370 bytes forward and 1-2.6 KB backward, even at 16 warps), the
+# backward's two products 32 features at a time (64 spills); fp32 operands multiply on FMA units
+# (IEEE, see the module docstring), which hold more registers a product: 64 x 64, 16 features a
+# step forward (183 registers; 32 spills 20 bytes) and 32 backward (186; 128 x 64 spills 36-544
+# bytes). CCE 25.1.1's tuned tiles are 256 x 128 x 32 forward and 128 x 128 x 32 backward with
+# lock-protected adds instead of atomics. Not timed: no GPU was available when this was written.
 _FORWARD_TILES = {
     2: _Tiles(block_n=128, block_v=64, block_d=64, num_warps=8, num_stages=3),
-    4: _Tiles(block_n=64, block_v=64, block_d=32, num_warps=8, num_stages=2),
+    4: _Tiles(block_n=64, block_v=64, block_d=16, num_warps=8, num_stages=2),
 }
 _BACKWARD_TILES = {
     2: _Tiles(block_n=128, block_v=64, block_d=64, num_warps=8, num_stages=3, grad_block_d=32),
@@ -292,10 +292,18 @@ def _partial_logsumexp_kernel(
         target_logit += tl.sum(tl.where(is_target, z, 0.0), axis=1)
         z = tl.where(class_mask[None, :], z, float("-inf"))
         class_weight = _class_weights(
-            class_weight_ptr, classes, class_mask, HAS_WEIGHT and LABEL_SMOOTHING
+            class_weight_ptr, classes, class_mask, HAS_WEIGHT and LABEL_SMOOTHING, False
         )
         row_max, rest, smooth, weight_seen = _fold_chunk(
-            z, class_weight, class_mask, row_max, rest, smooth, weight_seen, LABEL_SMOOTHING
+            z,
+            class_weight,
+            class_mask,
+            row_mask,
+            row_max,
+            rest,
+            smooth,
+            weight_seen,
+            LABEL_SMOOTHING,
         )
 
     stats = split_stats_ptr + split.to(tl.int64) * 5 * n_rows + rows
@@ -521,7 +529,7 @@ def _backward_kernel(
     grad = tl.where(is_target, target_value[:, None], prob_scale[:, None] * exp_shifted)
     if LABEL_SMOOTHING:
         class_coef = tl.load(row_stats_ptr + 4 * n_rows + rows, mask=row_mask, other=0.0)
-        class_weight = _class_weights(class_weight_ptr, classes, class_mask, HAS_WEIGHT)
+        class_weight = _class_weights(class_weight_ptr, classes, class_mask, HAS_WEIGHT, False)
         grad -= class_coef[:, None] * class_weight[None, :]
     grad *= upstream.to(tl.float32)[:, None]
     if SOFTCAP:
@@ -872,7 +880,9 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
             row_stats = torch.empty((_ROW_FIELDS, n_rows), dtype=torch.float32, device=x.device)
         inverse_denominators = None
         if ce.reduction == "mean":
-            inverse_denominators = _inverse_denominators(rows_target, class_weight, ce)
+            inverse_denominators = _inverse_denominators(
+                rows_target, class_weight, ce, torch.float32
+            )
         if n_rows:
             _launch_forward(
                 x,

@@ -3,11 +3,11 @@ input, linear_weight and linear_bias.
 
 Runs in Triton's interpreter on the CPU (small sizes) and compiled on a GPU. Buffers the kernels
 allocate with ``torch.empty`` start as nan (``poisoned_allocations``), so an element the kernels
-fail to write shows. Sizes are chosen against the tiles (bf16: 128 rows x 64 classes x 64
-features, fp32: 64 x 64 x 32; ``kernels.linear._FORWARD_TILES``): V = 200 is three full class
-blocks and a partial one, so the forward splits the classes four ways under the interpreter
-(its 4 "SMs" want 8 programs) and merges them; D = 100 ends in a partial step; N = 37 leaves most
-of a row block as padding.
+fail to write shows. Sizes are chosen against the tiles (``kernels.linear._FORWARD_TILES``; bf16:
+128 rows x 64 classes x 64 features; fp32: 64 x 64 x 16 forward, x 32 backward): V = 200 is three
+full class blocks and a partial one, so the forward splits the classes four ways under the
+interpreter (its 4 "SMs" want 8 programs) and merges them; D = 100 ends in a partial step; N = 37
+leaves most of a row block as padding.
 """
 
 from __future__ import annotations
