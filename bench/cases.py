@@ -289,8 +289,8 @@ PRESETS: dict[str, Preset] = {
             # Small enough for the Triton interpreter, whose peak memory is measured (the
             # allocations are torch's, and real): tokens 64 to 1024 at 1024 classes, classes 256
             # to 4096 at 256 tokens, hidden 32. Eager logits are then 0.25-4 MiB (fp32). Its 160
-            # cases took 5 min 0 s on the 2 shared cores (2 min 40 s of CPU; load average 4-5
-            # from other work), most of it torch.compile's compilations and the interpreter.
+            # cases took 1 min 4 s on the 2 shared cores (75 s of CPU), 5 min 0 s under a load
+            # average of 4-5 from other work: torch.compile's compilations and the interpreter.
             "linear": (
                 (64, 32, 1024),
                 (256, 32, 1024),
