@@ -312,8 +312,9 @@ PRESETS: dict[str, Preset] = {
     # do_bench's ~8) and the agreement check reads up to 2^30 elements in float64. 82 s + 108 s,
     # plus ~32 torch.compile compilations at ~4 s on a cold cache: ~320 s. triton+compile adds
     # (17 + 16) shapes x 2 losses x 2 dtypes x 2 passes = 264 cases and its own ~32
-    # compilations, by the same rates ~40 s + ~130 s: ~490 s in all, past the guard gpu_check.sh
-    # sets (--max-minutes 4.5): cases past it skip with that reason, the biggest shapes last.
+    # compilations, by the same rates ~40 s + ~130 s: ~490 s in all. bench/gpu_check.sh runs
+    # it with --max-minutes 2 and without reference: cases past the guard skip with that reason,
+    # the biggest shapes last.
     "full": Preset(
         "full",
         dtypes=("bf16", "fp32"),
