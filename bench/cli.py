@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lossbench.bench.distributed.cli",
         "scale the vocabulary-parallel losses out over torch.distributed ranks",
     ),
+    "static": (
+        "lossbench.bench.static.cli",
+        "compile the fused kernels for sm_90 offline: compiler facts and estimated speed",
+    ),
 }
 
 

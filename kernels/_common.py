@@ -189,7 +189,7 @@ def _scale_unless_one_kernel(
     """Each program strides over BLOCK-element blocks of the gradient, scaling them, unless the
     scale is 1."""
     scale = to_compute_dtype(tl.load(scale_ptr), FP64)
-    if scale != 1.0:
+    if scale != 1.0:  # runs 0 if upstream_is_one else 1 times per program
         # int64: the gradient may hold more than 2^31 elements.
         first = tl.program_id(0).to(tl.int64) * BLOCK
         step = tl.num_programs(0).to(tl.int64) * BLOCK

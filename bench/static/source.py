@@ -1,0 +1,265 @@
+"""What a kernel's Python source says about its machine code: how often each part runs, and
+which tensor each load and store touches.
+
+SASS shows a loop (a backward branch) but not how many times it turns; the source does. Each
+``for`` over ``range(...)`` or ``tl.range(...)`` turns as its bounds say, evaluated with the
+launch's arguments. A ``while`` loop, or an ``if`` whose body runs in only some programs, states
+its count in a comment on its first line, which this module reads::
+
+    while claim < n_chunks:  # runs n_chunks times per launch
+    if ticket == tl.num_programs(0) - 1:  # runs once per launch
+    if scale != 1.0:  # runs 0 if upstream_is_one else 1 times per program
+
+The count is a Python expression over the kernel's arguments (constexprs included), the
+assignments above it in the kernel, ``tl.cdiv``, ``tl.program_id(0)``, ``tl.num_programs(0)``,
+and ``upstream_is_one`` (True: the analysed calls run ``loss.backward()``, whose upstream
+gradient is 1). An ``if`` without such a comment counts as taken; a loop the analyser cannot
+count is an error, not a guess.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from lossbench.bench.static.sass import Location
+
+_COUNT_COMMENT = re.compile(
+    r"#.*?\bruns (?:(?P<once>once)|(?P<expr>.+?) times?) per (?P<per>launch|program)\b"
+)
+
+
+class SourceError(ValueError):
+    """A part of the kernel the analyser cannot count; the message names the line."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """A loop, or a branch with a count comment, of one source file.
+
+    Lines ``first_line`` (the ``for``/``while``/``if`` line) to ``last_line``. ``count`` is an
+    expression: per entry for a ``for`` (its trip count), per launch or per program for a counted
+    ``while`` or ``if`` (``per``).
+    """
+
+    file: str
+    first_line: int
+    last_line: int
+    kind: str  # "for", "while" or "if"
+    count: str
+    per: str  # "entry", "program" or "launch"
+
+    def holds(self, location: Location, header: bool) -> bool:
+        """Whether ``location`` lies in the region: its body, and its first line if ``header``."""
+        file, line = location
+        first = self.first_line if header else self.first_line + 1
+        return file == self.file and first <= line <= self.last_line
+
+
+@dataclass(frozen=True)
+class Access:
+    """A ``tl.load``, ``tl.store`` or ``tl.atomic_*`` call and the pointer argument it goes
+    through (the leftmost name of its address expression, e.g. ``logits_ptr``)."""
+
+    kind: str  # "load", "store" or "atomic"
+    pointer: str
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """The regions and memory accesses of one file, and its functions' assignments."""
+
+    path: str
+    regions: tuple[Region, ...]
+    accesses: dict[int, Access]  # by line, every line of the call
+    assignments: dict[str, tuple[tuple[int, str, str], ...]]  # function -> (line, name, expr)
+    functions: dict[str, tuple[int, int]]  # function -> (first line, last line)
+
+
+def _pointer_name(node: ast.expr) -> str:
+    while True:
+        if isinstance(node, ast.BinOp):
+            node = node.left
+        elif isinstance(node, ast.Subscript):
+            node = node.value
+        elif isinstance(node, ast.Name):
+            return node.id
+        else:
+            return ast.unparse(node)
+
+
+def _call_name(node: ast.Call) -> str:
+    return ast.unparse(node.func)
+
+
+def _for_count(node: ast.For) -> str | None:
+    """The trip count expression of ``for _ in range(...)`` / ``tl.range(...)``; None when the
+    loop is unrolled at compile time (``tl.static_range``)."""
+    if not isinstance(node.iter, ast.Call):
+        raise SourceError(f"line {node.lineno}: a for loop over something other than a range")
+    name = _call_name(node.iter)
+    if name.endswith("static_range"):
+        return None
+    if name not in ("range", "tl.range", "triton.language.range"):
+        raise SourceError(f"line {node.lineno}: a for loop over {name}(...), not a range")
+    bounds = [ast.unparse(argument) for argument in node.iter.args[:3]]
+    if len(bounds) == 1:
+        bounds.insert(0, "0")
+    if len(bounds) == 2:
+        bounds.append("1")
+    return "_trips({}, {}, {})".format(*bounds)
+
+
+@functools.cache
+def parse_source(path: str) -> SourceFile:
+    """Read ``path`` once: the regions, accesses and assignments of its jitted functions."""
+    with open(path) as file:
+        text = file.read()
+    lines = text.splitlines()
+    tree = ast.parse(text)
+    regions = []
+    accesses: dict[int, Access] = {}
+    assignments: dict[str, list[tuple[int, str, str]]] = {}
+    functions = {}
+    for function in ast.walk(tree):
+        jitted = isinstance(function, ast.FunctionDef) and any(
+            "jit" in ast.unparse(decorator) for decorator in function.decorator_list
+        )
+        if not jitted:
+            continue
+        functions[function.name] = (function.lineno, function.end_lineno)
+        own = assignments.setdefault(function.name, [])
+        for node in ast.walk(function):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target = node.targets[0]
+                if isinstance(target, ast.Name):
+                    own.append((node.lineno, target.id, ast.unparse(node.value)))
+            elif isinstance(node, ast.Call):
+                name = _call_name(node)
+                kind = {"tl.load": "load", "tl.store": "store"}.get(name)
+                if name.startswith("tl.atomic_"):
+                    kind = "atomic"
+                if kind and node.args:
+                    access = Access(kind, _pointer_name(node.args[0]))
+                    for line in range(node.lineno, node.end_lineno + 1):
+                        accesses.setdefault(line, access)
+            if isinstance(node, ast.For | ast.While | ast.If):
+                comment = _COUNT_COMMENT.search(lines[node.lineno - 1])
+                if comment:
+                    count = "1" if comment.group("once") else comment.group("expr")
+                    per = comment.group("per")
+                elif isinstance(node, ast.For):
+                    count, per = _for_count(node), "entry"
+                    if count is None:
+                        continue
+                elif isinstance(node, ast.While):
+                    raise SourceError(
+                        f"{path}:{node.lineno}: a while loop needs a count comment "
+                        "('# runs <expression> times per launch|program')"
+                    )
+                else:
+                    continue
+                kind = type(node).__name__.lower()
+                regions.append(Region(path, node.lineno, node.end_lineno, kind, count, per))
+        own.sort()
+    return SourceFile(
+        path,
+        tuple(regions),
+        accesses,
+        {name: tuple(rows) for name, rows in assignments.items()},
+        functions,
+    )
+
+
+def _trips(start, stop, step):
+    """Turns of ``range(start, stop, step)``, elementwise over numpy arrays."""
+    return np.maximum(0, -((np.asarray(start) - np.asarray(stop)) // np.asarray(step)))
+
+
+class _DropCasts(ast.NodeTransformer):
+    """``x.to(tl.int64)`` -> ``x``: casts do not change a count."""
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "to":
+            return node.func.value
+        return node
+
+
+def _without_casts(expression: str) -> str:
+    return ast.unparse(_DropCasts().visit(ast.parse(expression, mode="eval")))
+
+
+class Evaluator:
+    """Evaluates count expressions of one launch: its arguments, one value per program where an
+    expression involves ``tl.program_id(0)``."""
+
+    def __init__(self, arguments: Mapping[str, object], grid: int, globals_: Mapping[str, object]):
+        self.grid = grid
+        program_ids = np.arange(grid, dtype=np.int64)
+        language = SimpleNamespace(
+            cdiv=lambda a, b: -(-np.asarray(a) // np.asarray(b)),
+            program_id=lambda axis=0: program_ids,
+            num_programs=lambda axis=0: grid,
+            maximum=np.maximum,
+            minimum=np.minimum,
+        )
+        self.names: dict[str, object] = {
+            name: value
+            for name, value in globals_.items()
+            if isinstance(value, int | float | bool) and not name.startswith("__")
+        }
+        for name, value in globals_.items():
+            inner = getattr(value, "value", None)
+            if type(value).__name__ == "constexpr" and isinstance(inner, int | float | bool):
+                self.names[name] = inner
+        self.names.update(
+            {
+                name: value
+                for name, value in arguments.items()
+                if isinstance(value, int | float | bool)
+            }
+        )
+        self.names.update(
+            tl=language,
+            triton=SimpleNamespace(cdiv=language.cdiv),
+            _trips=_trips,
+            upstream_is_one=True,
+            min=np.minimum,
+            max=np.maximum,
+            math=math,
+        )
+
+    def evaluate(self, expression: str, source: SourceFile, line: int) -> np.ndarray:
+        """``expression`` at ``line`` of ``source``: the arguments, then the assignments of the
+        enclosing function above that line that evaluate (others are skipped)."""
+        names = dict(self.names)
+        function = next(
+            (
+                name
+                for name, (first, last) in source.functions.items()
+                if first <= line <= last and name in source.assignments
+            ),
+            None,
+        )
+        for assigned_at, name, value in source.assignments.get(function, ()):
+            if assigned_at >= line:
+                break
+            try:
+                names[name] = eval(_without_casts(value), {"__builtins__": {}}, names)
+            except Exception:
+                names.pop(name, None)
+        try:
+            value = eval(_without_casts(expression), {"__builtins__": {}}, names)
+        except Exception as error:
+            raise SourceError(
+                f"{source.path}:{line}: cannot evaluate the count {expression!r}: {error}"
+            ) from None
+        return np.asarray(value, dtype=np.float64)
