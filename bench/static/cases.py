@@ -161,6 +161,7 @@ def prepare_call(case: StaticCase) -> Callable[[], None]:
         upstream = torch.ones(target.shape if case.family == "softmax" else case.shape, dtype=dtype)
 
     def call() -> None:
+        logits.grad = target.grad = None  # a fresh gradient each call, as the harness's
         loss = function(logits, target, reduction=case.reduction, **arguments)
         loss.backward(upstream)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -172,17 +173,30 @@ def _multiplier(
     return factor
 
 
+def _globals_by_file(files: Mapping[str, SourceFile]) -> dict[str, dict[str, object]]:
+    """The module globals of each source file, for the constants its count expressions name."""
+    by_file = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and os.path.realpath(path) in {os.path.realpath(file) for file in files}:
+            by_file[next(f for f in files if os.path.realpath(f) == os.path.realpath(path))] = vars(
+                module
+            )
+    return by_file
+
+
 def launch_facts(
-    compiled, arguments: Mapping[str, object], grid: int, kernel_globals: Mapping[str, object]
+    compiled, arguments: Mapping[str, object], grid: int, kernel_file: str
 ) -> LaunchFacts:
     """The facts of ``compiled`` (a Triton CompiledKernel for sm_90) launched on ``grid``
-    programs with ``arguments`` (name -> value; scalars matter, tensors are ignored)."""
+    programs with ``arguments`` (name -> value; scalars matter, tensors are ignored);
+    ``kernel_file`` is the source file of the kernel itself."""
     cubin = compiled.asm["cubin"]
     instructions = sass.disassemble(cubin)
     resources = sass.resource_usage(cubin)
     files = _own_files([loc for instruction in instructions for loc in instruction.locations])
     regions = [region for source in files.values() for region in source.regions]
-    evaluator = Evaluator(arguments, grid, kernel_globals)
+    evaluator = Evaluator(arguments, grid, kernel_file, _globals_by_file(files))
 
     sass_loops = sass.loops(instructions)
     loop_regions = {loop: _source_loop(loop, instructions, regions) for loop in sass_loops}

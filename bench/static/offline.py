@@ -144,7 +144,7 @@ class _Recorder:
             programs = 1
             for extent in size:
                 programs *= int(extent)
-            facts = launch_facts(compiled, arguments, programs, kernel.fn.__globals__)
+            facts = launch_facts(compiled, arguments, programs, inspect.getsourcefile(kernel.fn))
             recorder.launches.append(("triton", facts.kernel))
             recorder.facts.append(facts.as_dict())
             return compiled
@@ -168,18 +168,31 @@ class _Recorder:
         return CountDeviceWork()
 
 
+def _describe(error: BaseException) -> str:
+    """An exception and its causes, one line each (a Triton CompilationError's cause says why)."""
+    lines = []
+    while error is not None:
+        text = str(error).strip().splitlines()
+        lines.append(f"{type(error).__name__}: {text[-1] if text else ''}"[:500])
+        error = error.__cause__
+    return " <- ".join(lines)
+
+
 def _analyse_case(case: StaticCase, recorder: _Recorder) -> dict:
     from lossbench.bench.static.cases import prepare_call
 
     try:
         call = prepare_call(case)
+        # Once to compile and to make what a first call makes once per process (the kernels'
+        # workspace), then once counted: the launches of every later call.
+        call()
         recorder.launches.clear()
         recorder.host_syncs.clear()
         recorder.facts.clear()
         with recorder.dispatch_mode():
             call()
     except Exception as error:
-        return {"case": case.as_dict(), "error": f"{type(error).__name__}: {error}"}
+        return {"case": case.as_dict(), "error": _describe(error)}
     return {
         "case": case.as_dict(),
         "launches": [" ".join(launch) for launch in recorder.launches],

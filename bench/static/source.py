@@ -79,7 +79,9 @@ class SourceFile:
     path: str
     regions: tuple[Region, ...]
     accesses: dict[int, Access]  # by line, every line of the call
-    assignments: dict[str, tuple[tuple[int, str, str], ...]]  # function -> (line, name, expr)
+    # function -> (line, name, expression, conditions): conditions are the (test, taken) pairs of
+    # the ifs around the assignment, so that a branch a constexpr rules out is skipped.
+    assignments: dict[str, tuple[tuple[int, str, str, tuple[tuple[str, bool], ...]], ...]]
     functions: dict[str, tuple[int, int]]  # function -> (first line, last line)
 
 
@@ -117,6 +119,26 @@ def _for_count(node: ast.For) -> str | None:
     return "_trips({}, {}, {})".format(*bounds)
 
 
+def _collect_assignments(
+    statements: list[ast.stmt],
+    conditions: tuple[tuple[str, bool], ...],
+    into: list[tuple[int, str, str, tuple[tuple[str, bool], ...]]],
+) -> None:
+    """Every ``name = expression`` in ``statements`` and the blocks inside them, with the tests
+    of the ifs around it (an elif's test comes with its predecessors' tests, negated)."""
+    for statement in statements:
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+            target = statement.targets[0]
+            if isinstance(target, ast.Name):
+                into.append((statement.lineno, target.id, ast.unparse(statement.value), conditions))
+        elif isinstance(statement, ast.If):
+            test = ast.unparse(statement.test)
+            _collect_assignments(statement.body, (*conditions, (test, True)), into)
+            _collect_assignments(statement.orelse, (*conditions, (test, False)), into)
+        elif isinstance(statement, ast.For | ast.While):
+            _collect_assignments(statement.body, conditions, into)
+
+
 @functools.cache
 def parse_source(path: str) -> SourceFile:
     """Read ``path`` once: the regions, accesses and assignments of its jitted functions."""
@@ -126,7 +148,7 @@ def parse_source(path: str) -> SourceFile:
     tree = ast.parse(text)
     regions = []
     accesses: dict[int, Access] = {}
-    assignments: dict[str, list[tuple[int, str, str]]] = {}
+    assignments: dict[str, list[tuple[int, str, str, tuple[tuple[str, bool], ...]]]] = {}
     functions = {}
     for function in ast.walk(tree):
         jitted = isinstance(function, ast.FunctionDef) and any(
@@ -136,12 +158,9 @@ def parse_source(path: str) -> SourceFile:
             continue
         functions[function.name] = (function.lineno, function.end_lineno)
         own = assignments.setdefault(function.name, [])
+        _collect_assignments(function.body, (), own)
         for node in ast.walk(function):
-            if isinstance(node, ast.Assign) and len(node.targets) == 1:
-                target = node.targets[0]
-                if isinstance(target, ast.Name):
-                    own.append((node.lineno, target.id, ast.unparse(node.value)))
-            elif isinstance(node, ast.Call):
+            if isinstance(node, ast.Call):
                 name = _call_name(node)
                 kind = {"tl.load": "load", "tl.store": "store"}.get(name)
                 if name.startswith("tl.atomic_"):
@@ -199,10 +218,23 @@ def _without_casts(expression: str) -> str:
 
 class Evaluator:
     """Evaluates count expressions of one launch: its arguments, one value per program where an
-    expression involves ``tl.program_id(0)``."""
+    expression involves ``tl.program_id(0)``.
 
-    def __init__(self, arguments: Mapping[str, object], grid: int, globals_: Mapping[str, object]):
+    Names: the kernel's arguments over its module's constants for a region of the kernel's own
+    file; a helper module's constants over the arguments for a region of another file (a jitted
+    helper from kernels._common reads that module's constants, not the kernel's arguments).
+    """
+
+    def __init__(
+        self,
+        arguments: Mapping[str, object],
+        grid: int,
+        kernel_file: str,
+        globals_by_file: Mapping[str, Mapping[str, object]],
+    ):
         self.grid = grid
+        self.kernel_file = kernel_file
+        self.globals_by_file = globals_by_file
         program_ids = np.arange(grid, dtype=np.int64)
         language = SimpleNamespace(
             cdiv=lambda a, b: -(-np.asarray(a) // np.asarray(b)),
@@ -211,36 +243,53 @@ class Evaluator:
             maximum=np.maximum,
             minimum=np.minimum,
         )
-        self.names: dict[str, object] = {
+        self.arguments = {
             name: value
-            for name, value in globals_.items()
-            if isinstance(value, int | float | bool) and not name.startswith("__")
+            for name, value in arguments.items()
+            if isinstance(value, int | float | bool)
         }
-        for name, value in globals_.items():
-            inner = getattr(value, "value", None)
-            if type(value).__name__ == "constexpr" and isinstance(inner, int | float | bool):
-                self.names[name] = inner
-        self.names.update(
-            {
-                name: value
-                for name, value in arguments.items()
-                if isinstance(value, int | float | bool)
-            }
-        )
-        self.names.update(
-            tl=language,
-            triton=SimpleNamespace(cdiv=language.cdiv),
-            _trips=_trips,
-            upstream_is_one=True,
-            min=np.minimum,
-            max=np.maximum,
-            math=math,
-        )
+        self.builtins = {
+            "tl": language,
+            "triton": SimpleNamespace(cdiv=language.cdiv),
+            "_trips": _trips,
+            "upstream_is_one": True,
+            "min": np.minimum,
+            "max": np.maximum,
+            "math": math,
+        }
+
+    def _constants(self, file: str) -> dict[str, object]:
+        """The numeric and constexpr module-level names of ``file``'s module."""
+        names = {}
+        for name, value in self.globals_by_file.get(file, {}).items():
+            inner = getattr(value, "value", value) if type(value).__name__ == "constexpr" else value
+            if isinstance(inner, int | float | bool) and not name.startswith("__"):
+                names[name] = inner
+        return names
+
+    @staticmethod
+    def _may_run(conditions: tuple[tuple[str, bool], ...], names: dict[str, object]) -> bool:
+        """False when an if test around an assignment evaluates (a constexpr, say) against it;
+        True when every test agrees or cannot be evaluated."""
+        for test, taken in conditions:
+            try:
+                value = eval(_without_casts(test), {"__builtins__": {}}, names)
+            except Exception:
+                continue
+            if isinstance(value, np.ndarray) and value.size != 1:
+                continue
+            if bool(value) != taken:
+                return False
+        return True
 
     def evaluate(self, expression: str, source: SourceFile, line: int) -> np.ndarray:
         """``expression`` at ``line`` of ``source``: the arguments, then the assignments of the
         enclosing function above that line that evaluate (others are skipped)."""
-        names = dict(self.names)
+        constants = self._constants(source.path)
+        if source.path == self.kernel_file:
+            names = {**constants, **self.arguments, **self.builtins}
+        else:
+            names = {**self.arguments, **constants, **self.builtins}
         function = next(
             (
                 name
@@ -249,9 +298,11 @@ class Evaluator:
             ),
             None,
         )
-        for assigned_at, name, value in source.assignments.get(function, ()):
+        for assigned_at, name, value, conditions in source.assignments.get(function, ()):
             if assigned_at >= line:
                 break
+            if not self._may_run(conditions, names):
+                continue
             try:
                 names[name] = eval(_without_casts(value), {"__builtins__": {}}, names)
             except Exception:
