@@ -63,11 +63,20 @@ import triton
 import triton.language as tl
 
 from lossbench.kernels._common import (
+    APPROXIMATE_MATH,
+    CLAIMED_CHUNKS,
+    FINISHED_CHUNKS,
     INTERPRETED,
+    LOG2E,
     REDUCTION_CODES,
     check_first_order,
     check_kernel_device,
     check_no_gradient_wanted,
+    expm1,
+    finish_reduction,
+    launch_workspace,
+    log1p,
+    log2,
     scalar_in_compute_dtype,
     scale_unless_one_,
     to_compute_dtype,
@@ -86,77 +95,58 @@ from lossbench.reference._checks import (
 )
 
 # Rows up to this many classes stay in registers, one read. The register file of an H100/H200 SM
-# holds 64K 32-bit values, and a program may use at most 64 per thread at 1024 threads (32 warps).
-# The row is held in fp32 whatever the input dtype (bf16 is converted after the load), so the
-# limit is in elements, not bytes: 16384 classes are 16 fp32 values per thread at 32 warps, which
-# leaves room for the exponentials and addresses without spilling; 32768 would need every one of
-# the 64 registers for the row and its exponentials alone, and 65536 fp32 values are the whole
-# register file. Compiled offline for sm_90 with Triton 3.6 and 3.8 (their ptxas; a subset is
-# tests/test_kernels_compile.py): at 16384, 32 warps, bf16 or fp32, every loss, option and
-# reduction tried fits in the 64 registers (at most 4 bytes spilled, once per program); at 32768
-# cross-entropy with weight, label smoothing and z-loss spills 80 (3.6) to 160 (3.8) bytes.
-# Not timed on hardware: no GPU was available when this was written.
+# holds 64K 32-bit values; the row is held in fp32 whatever the input dtype (bf16 is converted
+# after the load), so the limit is in elements: 16384 classes are 64 fp32 values per thread at 8
+# warps, which with the addresses and row statistics fits below 128 registers, the most that lets
+# two programs share an SM. Compiled offline for sm_90 (lossbench static, Triton 3.8): every
+# option and reduction fits without spilling at 16384; 32768 classes would need 128 values per
+# thread at 8 warps, or 16 warps at 64 values (one program per SM). Not timed on hardware: no GPU
+# was available when this was written.
 MAX_FUSED_C = 16384
-# Chunk width of the online softmax above MAX_FUSED_C: 16 KiB of bf16 per program and chunk, 16
-# fp32 values per thread at 16 warps, several programs per SM to keep loads in flight.
+# Chunk width of the online softmax above MAX_FUSED_C: 16 KiB of bf16 per program and chunk, 32
+# fp32 values per thread at 8 warps, four programs per SM (compiled: 48-60 registers).
 CHUNK_C = 8192
-# Elements per program when rows are short: a few thousand, so that each program moves 8-16 KiB
-# (bf16-fp32) like a long row does, instead of one tiny row per program.
+# Registers per thread at most where a row takes all 8 warps of a program and 64 values per
+# thread (above 8192 classes): two such programs fit on an SM (65536 registers). The plain losses
+# compile to 127 registers there, cross-entropy with a weight and label smoothing to 162 (sm_90,
+# Triton 3.8), which would halve the programs per SM; capped, ptxas fits it without spilling
+# (lossbench static). Elsewhere no cap: with one, ptxas spends registers up to it (the chunked
+# path grows from 63 to 95 registers, four programs per SM to two).
+MAX_ROW_REGISTERS = 128
+# Up to this many classes the class count is a compile-time constant and each thread holds whole
+# rows: the row's max, sums and scalar work (a log, an expm1, the coefficients) run once per row
+# instead of once per thread sharing it, and no lane is padding (C = 10 is ten values, not 16).
+SMALL_C = 32
+# Values each thread holds per row in registers, at least: the per-row work (about 150 SASS
+# instructions, repeated by every thread that shares the row) is then a few instructions per
+# element. At most MAX_THREADS_PER_ROW threads share a row, so 16384 classes are 64 per thread.
+ROW_VALUES_PER_THREAD = 32
+MAX_THREADS_PER_ROW = 256
+TILE_NUM_WARPS = 4  # at least; a row of more than 128 threads takes its warps
+# Rows per thread when a thread holds whole rows: two rows of independent loads and math.
+SMALL_ROWS_PER_THREAD = 2
+# Tiles per row at most under Triton's interpreter (see _tile_shape).
+INTERPRETED_TILES = 4
+# 'mean': the denominators are summed over chunks of the targets that programs claim in turn
+# (lossbench.kernels._common's workspace). A chunk is TARGET_BLOCK x steps targets, at most
+# MAX_TARGET_CHUNKS chunks, so that every program can add all chunks' sums from L2 (2 KiB).
+TARGET_BLOCK = 1024
+MIN_TARGET_STEPS = 4
+MAX_TARGET_CHUNKS = 256
+# The probability-target kernel and the vocabulary-parallel kernels loop over BLOCK_C-wide chunks
+# of a (ROWS, BLOCK_C) tile (_block_shape): a few thousand elements per program, so that each
+# program moves 8-16 KiB (bf16-fp32) like a long row does; about 16 fp32 tile values per thread,
+# enough independent loads to cover memory latency, few enough registers that programs share an
+# SM; 32 warps (1024 threads) is CUDA's limit per program.
 TILE_ELEMENTS = 4096
-# About 16 fp32 tile values per thread: enough independent loads per thread to cover memory
-# latency, few enough registers that programs can share an SM. 32 warps (1024 threads) is CUDA's
-# limit per program.
 ELEMENTS_PER_THREAD = 16
 MAX_NUM_WARPS = 32
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _MEAN: tl.constexpr = tl.constexpr(REDUCTION_CODES["mean"])
-
-
-# --- Math helpers: Triton has no portable expm1 / log1p (libdevice is absent in the interpreter) -
-
-
-@triton.jit
-def _expm1(t):
-    """exp(t) - 1 for t <= 0, without cancellation when |t| is small."""
-    if t.dtype == tl.float64:
-        # Kahan's expm1: (u - 1) t / log(u) with u = exp(t) rounded, exact to a few ulps in any
-        # precision whose exp and log are accurate (libdevice's and numpy's fp64 are; the GPU's
-        # fast fp32 log is not, hence the series below). u = 1 means |t| < ulp: expm1(t) = t;
-        # u = 0 means t below -745: -1. Neither lane ever evaluates log(0) or a 0 / 0.
-        u = tl.exp(t)
-        ordinary = (u != 1.0) & (u != 0.0)
-        kahan = (u - 1.0) * (t / tl.log(tl.where(ordinary, u, 2.0)))
-        result = tl.where(u == 1.0, t, tl.where(u == 0.0, -1.0, kahan))
-    else:
-        # For |t| < 0.1, the series to t^5/5! leaves a relative error below t^5/6! < 1.4e-8
-        # (fp32 spacing is 6e-8); beyond, exp(t) - 1 loses at most a factor 1/0.1 of exp's
-        # relative error.
-        series = t * (1.0 + t * (0.5 + t * (1.0 / 6.0 + t * (1.0 / 24.0 + t * (1.0 / 120.0)))))
-        result = tl.where(tl.abs(t) < 0.1, series, tl.exp(t) - 1.0)
-    return result
-
-
-@triton.jit
-def _log1p(u):
-    """log(1 + u) for u >= 0, without the rounding of 1 + u when u is small."""
-    if u.dtype == tl.float64:
-        # log(1 + u) corrected by the rounding error of 1 + u, which Fast2Sum gives exactly:
-        # log1p(u) = log(s) + (u - (s - 1)) / s up to its square, s = 1 + u rounded (Goldberg
-        # 1991, the log1p discussion); exact to an ulp or two with an accurate fp64 log.
-        one_plus_u = 1.0 + u
-        result = tl.log(one_plus_u) + (u - (one_plus_u - 1.0)) / one_plus_u
-    else:
-        # For u < 0.1, the alternating series to u^7/7 leaves a relative error below
-        # u^7/8 < 1.3e-8. Beyond, log(1 + u) >= 0.095, so the absolute error of a fast GPU log
-        # stays relatively small.
-        series = u * (
-            1.0
-            - u
-            * (0.5 - u * (1.0 / 3.0 - u * (0.25 - u * (0.2 - u * (1.0 / 6.0 - u * (1.0 / 7.0))))))
-        )
-        result = tl.where(u < 0.1, series, tl.log(1.0 + u))
-    return result
+_NONE: tl.constexpr = tl.constexpr(REDUCTION_CODES["none"])
+_MAX_TARGET_CHUNKS: tl.constexpr = tl.constexpr(MAX_TARGET_CHUNKS)
+_TARGET_BLOCK: tl.constexpr = tl.constexpr(TARGET_BLOCK)
 
 
 # --- Kernel building blocks -------------------------------------------------------------------
@@ -164,14 +154,131 @@ def _log1p(u):
 
 @triton.jit
 def _class_weights(
-    class_weight_ptr, classes, class_mask, HAS_WEIGHT: tl.constexpr, FP64: tl.constexpr
+    class_weight_ptr,
+    classes,
+    class_mask,
+    HAS_WEIGHT: tl.constexpr,
+    FP64: tl.constexpr,
+    AGAIN: tl.constexpr = False,
 ):
     """The per-class weights of one chunk of classes in the compute dtype (ones without a
-    weight), 0 on masked lanes."""
+    weight), 0 on masked lanes.
+
+    AGAIN: a second read of weights this program read before (from L1: the weight is C values),
+    marked .ca so that the compiler does not merge it with the first and keep every weight in
+    registers in between (64 more per thread at 16384 classes: half the programs per SM,
+    compiled for sm_90).
+    """
     if HAS_WEIGHT:
-        weights = tl.load(class_weight_ptr + classes, mask=class_mask, other=0.0)
+        weights = tl.load(
+            class_weight_ptr + classes,
+            mask=class_mask,
+            other=0.0,
+            cache_modifier=".ca" if AGAIN else "",
+        )
         return to_compute_dtype(weights, FP64)
     return to_compute_dtype(tl.where(class_mask, 1.0, 0.0), FP64)
+
+
+@triton.jit
+def _mean_denominators(
+    target_ptr,
+    class_weight_ptr,
+    partials_ptr,
+    workspace_ptr,
+    n_rows,
+    n_classes,
+    n_spatial,
+    stride_target_n,
+    stride_target_s,
+    ignore_index,
+    n_target_chunks,
+    target_steps,
+    WEIGHTED: tl.constexpr,
+    HAS_SPATIAL: tl.constexpr,
+):
+    """The 'mean' denominators, the same in every program: (sum of w_y, count) over the
+    non-ignored targets, in the compute dtype (partials_ptr's; w = 1 without WEIGHTED).
+
+    Programs claim chunks of TARGET_BLOCK x target_steps targets in turn and write each chunk's
+    sums to partials_ptr[2 * chunk + (0, 1)]; once every chunk is written, each program adds them
+    in chunk order (deterministic). A program waits only for chunks already claimed, by programs
+    that are running and never wait before finishing them, so the wait always ends; under the
+    interpreter, which runs programs one after another, the first program claims every chunk.
+    """
+    dtype = partials_ptr.dtype.element_ty
+    claim = tl.atomic_add(workspace_ptr + CLAIMED_CHUNKS, 1, sem="relaxed")
+    while claim < n_target_chunks:  # runs n_target_chunks times per launch
+        weight_sum = tl.zeros([_TARGET_BLOCK], dtype)
+        count = tl.zeros([_TARGET_BLOCK], dtype)
+        first = claim.to(tl.int64) * target_steps * _TARGET_BLOCK
+        for step in range(0, target_steps):
+            rows = first + step * _TARGET_BLOCK + tl.arange(0, _TARGET_BLOCK)
+            if HAS_SPATIAL:
+                at = (rows // n_spatial) * stride_target_n + (rows % n_spatial) * stride_target_s
+            else:
+                at = rows * stride_target_n
+            exists = rows < n_rows
+            # int64: a target of any integer dtype compares with ignore_index as a number.
+            target = tl.load(target_ptr + at, mask=exists, other=0).to(tl.int64)
+            counted = exists & (target != ignore_index)
+            count += counted.to(dtype)
+            if WEIGHTED:
+                # A label out of range (a nan row on the GPU) must not index outside the weight.
+                safe = tl.minimum(tl.maximum(target, 0), n_classes - 1)
+                weight = tl.load(class_weight_ptr + safe, mask=counted, other=0.0)
+                weight_sum += weight.to(dtype)
+        tl.store(partials_ptr + 2 * claim, tl.sum(weight_sum, axis=0))
+        tl.store(partials_ptr + 2 * claim + 1, tl.sum(count, axis=0))
+        # The sums are stored before the chunk counts as finished (release), and read after every
+        # chunk has (acquire), from L2 (.cg).
+        tl.debug_barrier()
+        tl.atomic_add(workspace_ptr + FINISHED_CHUNKS, 1, sem="release")
+        claim = tl.atomic_add(workspace_ptr + CLAIMED_CHUNKS, 1, sem="relaxed")
+    finished = tl.atomic_add(workspace_ptr + FINISHED_CHUNKS, 0, sem="acquire")
+    while finished < n_target_chunks:  # runs 0 times per program: a wait, not work
+        finished = tl.atomic_add(workspace_ptr + FINISHED_CHUNKS, 0, sem="acquire")
+    chunks = tl.arange(0, _MAX_TARGET_CHUNKS)
+    written = chunks < n_target_chunks
+    sums = tl.load(partials_ptr + 2 * chunks, mask=written, other=0.0, cache_modifier=".cg")
+    counts = tl.load(partials_ptr + 2 * chunks + 1, mask=written, other=0.0, cache_modifier=".cg")
+    count = tl.sum(counts, axis=0)
+    if WEIGHTED:
+        return tl.sum(sums, axis=0), count
+    return count, count
+
+
+@triton.jit
+def _load_logits(logits_ptr, logits_row, classes, stride_logits_c, row_mask, class_mask):
+    """One (ROWS, width) tile of logits as loaded, -inf in masked lanes."""
+    offsets = logits_row[:, None] + classes[None, :].to(tl.int64) * stride_logits_c
+    return tl.load(
+        logits_ptr + offsets, mask=row_mask[:, None] & class_mask[None, :], other=float("-inf")
+    )
+
+
+@triton.jit
+def _exponentials(x, finite_max):
+    """e = exp(x - m) of one tile, and per element what each row's "below" sums: e, or 0 at the
+    max. The caller adds them up over its tiles before reducing each row once: one cross-thread
+    reduction per row, not one per tile.
+
+    below sums to the exact "rest" of log-sum = log1p(rest) when one class holds the max: the
+    max's own e = 1 is left out rather than subtracted, so a row with p_y close to 1 keeps its
+    precision. t = x - m is exactly 0 at the max, so e is exactly 1 there; masked lanes hold
+    x = -inf, e = 0.
+    """
+    t = x - finite_max[:, None]
+    e = tl.exp2(t * LOG2E)
+    return e, tl.where(t < 0.0, e, 0.0)
+
+
+@triton.jit
+def _rest(below, total):
+    """sum of exp(x_c - m) less one class at the max: ``below`` when one class holds the max,
+    ``total - 1`` when several do (then rest >= 1, and subtracting loses nothing). A nan in total
+    (a nan logit) stays nan."""
+    return tl.where(total - below <= 1.5, below, total - 1.0)
 
 
 @triton.jit
@@ -211,19 +318,22 @@ def _fold_chunk(
     class at the max, so that log-sum = log1p(rest) is exact when one class dominates. Every
     update adds non-negative terms, so nothing cancels. smooth: sum_c w_c (m - x_c) over the classes
     seen (LABEL_SMOOTHING), again non-negative terms; weight_seen: their sum_c w_c. Masked lanes
-    hold x = -inf: they add exp(-inf) = 0 to rest and nothing to smooth.
+    hold x = -inf: they add exp(-inf) = 0 to rest and nothing to smooth. (The chunked path, the
+    probability-target kernel and kernels.vocab_parallel fold their chunks with it.)
     """
     chunk_max = tl.max(x, axis=1)
     new_max = tl.maximum(row_max, chunk_max)
     # A row with no finite logit yet has m = -inf; shift by 0 there so that -inf - -inf never
     # makes a nan (such a row's rest is discarded by the rescaling once a finite logit arrives).
     finite_max = tl.where(new_max == float("-inf"), 0.0, new_max)
-    at_max = x == new_max[:, None]
-    ties = tl.sum(at_max.to(x.dtype), axis=1)
-    below = tl.sum(tl.where(at_max, 0.0, tl.exp(x - finite_max[:, None])), axis=1)
-    # A new max turns the old "1 + rest" into (1 + rest) e^(m_old - m_new) and brings its own 1.
-    rescaled = (1.0 + rest) * tl.exp(row_max - finite_max)
-    rest = tl.where(chunk_max > row_max, rescaled + (ties - 1.0), rest + ties) + below
+    e, below_terms = _exponentials(x, finite_max)
+    below = tl.sum(below_terms, axis=1)
+    total = tl.sum(e, axis=1)
+    # A new max (in this chunk) turns the old 1 + rest into (1 + rest) e^(m_old - m_new), and
+    # this chunk's own rest (one of its classes at the new max left out) joins it; otherwise the
+    # chunk's classes all add to rest, a class tied with the max adding its 1.
+    rescaled = (1.0 + rest) * tl.exp2((row_max - finite_max) * LOG2E)
+    rest = tl.where(chunk_max > row_max, rescaled + _rest(below, total), rest + total)
     if LABEL_SMOOTHING:
         smooth, weight_seen = _fold_gaps(
             x,
@@ -255,6 +365,7 @@ def _row_terms(
     FOCAL: tl.constexpr,
     LABEL_SMOOTHING: tl.constexpr,
     Z_LOSS: tl.constexpr,
+    APPROX: tl.constexpr = False,
 ):
     """Each row's loss and its gradient coefficients T, B, K; see the derivations inline.
 
@@ -266,7 +377,7 @@ def _row_terms(
     """
     nll = (finite_max - target_logit) + log_sum  # -log p_y = logsumexp(x) - x_y >= 0
     log_p = -nll
-    p_minus_one = _expm1(log_p)  # p_y - 1, exact near p_y = 1 where softmax(x_y) - 1 cancels
+    p_minus_one = expm1(log_p, APPROX)  # p_y - 1, exact near p_y = 1 (softmax(x_y) - 1 cancels)
     prob_coef = tl.zeros_like(nll)
     class_coef = tl.zeros_like(nll)
     if FOCAL:
@@ -281,9 +392,10 @@ def _row_terms(
         has_mass = one_minus_p > 0.0
         safe_base = tl.where(has_mass, one_minus_p, 1.0)
         zero_power = tl.where(gamma == 0.0, 1.0, 0.0)  # 0^g
-        modulating = tl.where(has_mass, tl.exp(gamma * tl.log(safe_base)), zero_power)
+        modulating = tl.where(has_mass, tl.exp2(gamma * log2(safe_base, APPROX)), zero_power)
         finite_log_p = tl.where(log_p == float("-inf"), 0.0, log_p)
-        p_log_ratio = tl.where(has_mass, tl.exp(finite_log_p) * finite_log_p / safe_base, -1.0)
+        p = tl.exp2(finite_log_p * LOG2E)
+        p_log_ratio = tl.where(has_mass, p * finite_log_p / safe_base, -1.0)
         alpha = target_weight * focal_alpha
         loss = alpha * modulating * nll * scale_count
         true_coef = alpha * modulating * (1.0 - gamma * p_log_ratio) * scale_count
@@ -328,9 +440,40 @@ def _gradient_coefficients(true_coef, prob_coef, class_coef, p_minus_one, log_su
     target_value = tl.where(
         computed, true_coef * p_minus_one + prob_coef * (1.0 + p_minus_one), fill
     )
-    prob_scale = tl.where(computed, (true_coef + prob_coef) * tl.exp(-log_sum), fill)
+    prob_scale = tl.where(computed, (true_coef + prob_coef) * tl.exp2(-log_sum * LOG2E), fill)
     class_coef = tl.where(computed, class_coef, fill)
     return prob_scale, target_value, class_coef
+
+
+@triton.jit
+def _store_tile_gradient(
+    grad_ptr,
+    grad_row,
+    stride_grad_c,
+    e,
+    classes,
+    class_mask,
+    class_weight,
+    row_mask,
+    target_class,
+    prob_scale,
+    target_value,
+    class_coef,
+    LABEL_SMOOTHING: tl.constexpr,
+):
+    """Write T (p_j - [j == y]) + B p_j - K w_j for one tile of classes of each row, from
+    e = exp(x_j - m). target_class: int32 (one instruction per compare, not int64's three)."""
+    grad = tl.where(
+        classes[None, :] == target_class[:, None], target_value[:, None], prob_scale[:, None] * e
+    )
+    if LABEL_SMOOTHING:
+        grad -= class_coef[:, None] * class_weight[None, :]
+    offsets = grad_row[:, None] + classes[None, :].to(tl.int64) * stride_grad_c
+    tl.store(
+        grad_ptr + offsets,
+        grad.to(grad_ptr.dtype.element_ty),
+        mask=row_mask[:, None] & class_mask[None, :],
+    )
 
 
 @triton.jit
@@ -350,30 +493,42 @@ def _store_gradient(
     class_coef,
     LABEL_SMOOTHING: tl.constexpr,
 ):
-    """Write T (p_j - [j == y]) + B p_j - K w_j for one chunk of classes of each row."""
-    scaled_p = prob_scale[:, None] * tl.exp(x - finite_max[:, None])
-    grad = tl.where(classes[None, :] == target[:, None], target_value[:, None], scaled_p)
-    if LABEL_SMOOTHING:
-        grad -= class_coef[:, None] * class_weight[None, :]
-    offsets = grad_row[:, None] + classes[None, :].to(tl.int64) * stride_grad_c
-    tl.store(
-        grad_ptr + offsets,
-        grad.to(grad_ptr.dtype.element_ty),
-        mask=row_mask[:, None] & class_mask[None, :],
+    """_store_tile_gradient from the logits x of the tile and each row's max (kernels.vocab_parallel
+    writes its slices with it). target: the class in [-C, C) to compare, -1 or any other where
+    none is the target."""
+    e, _ = _exponentials(x, finite_max)
+    _store_tile_gradient(
+        grad_ptr,
+        grad_row,
+        stride_grad_c,
+        e,
+        classes,
+        class_mask,
+        class_weight,
+        row_mask,
+        target.to(tl.int32),
+        prob_scale,
+        target_value,
+        class_coef,
+        LABEL_SMOOTHING,
     )
 
 
 @triton.jit
 def _softmax_loss_kernel(
-    logits_ptr,  # (N, C, S) fp32/fp16/bf16, any strides: the logits
+    logits_ptr,  # (N, C, S) fp32/fp16/bf16/fp64, any strides: the logits
     target_ptr,  # (N, S) integer: class indices, or ignore_index
     class_weight_ptr,  # (C,) float: CE weight or focal alpha per class; read when HAS_WEIGHT
-    class_weight_total_ptr,  # () fp32: sum of class_weight; when HAS_WEIGHT and LABEL_SMOOTHING
-    inverse_denominators_ptr,  # (2,) compute dtype: 1 / sum of w_y, 1 / count of counted rows
+    class_weight_total_ptr,  # () compute dtype: sum of class_weight; HAS_WEIGHT, LABEL_SMOOTHING
+    inverse_denominators_ptr,  # (2,) compute dtype: 1 / sum of w_y, 1 / count ('mean'): the
+    #                            forward pass writes them, backward reads them
     upstream_ptr,  # (N*S,) float, any stride (0: a reduced loss's one value): when BACKWARD
     row_stats_ptr,  # (N*S, 2) compute dtype: row max, log-sum; SAVE_STATS writes, LOAD_STATS reads
-    loss_ptr,  # (N*S,) compute or input dtype: each row's loss (its share of a 'mean'); forward
+    loss_ptr,  # 'none': (N*S,) input dtype, each row's loss; 'mean'/'sum': () input dtype; forward
     grad_ptr,  # (N, C, S) input dtype, its own strides: d loss / d logits, when COMPUTE_GRAD
+    partials_ptr,  # forward 'mean'/'sum': (2 MAX_TARGET_CHUNKS + grid,) compute dtype: the
+    #                denominators' chunk sums, then each program's share of the loss
+    workspace_ptr,  # forward 'mean'/'sum': (WORKSPACE_COUNTERS,) int32, zero between launches
     n_rows,  # N*S
     n_classes,  # C
     n_spatial,  # S = d1 x d2 x ..., 1 for (N, C) input
@@ -392,11 +547,13 @@ def _softmax_loss_kernel(
     z_loss_scale: tl.float64,
     gamma: tl.float64,
     focal_alpha: tl.float64,  # a float alpha of the focal loss, multiplying every class (else 1)
+    n_target_chunks,  # forward 'mean': chunks of the targets for the denominators
+    target_steps,  # forward 'mean': TARGET_BLOCK-target steps per chunk
     FOCAL: tl.constexpr,  # focal loss (else cross-entropy)
     HAS_WEIGHT: tl.constexpr,  # class_weight given (CE weight, focal alpha tensor)
     LABEL_SMOOTHING: tl.constexpr,  # label_smoothing > 0 (CE only)
     Z_LOSS: tl.constexpr,  # z_loss_scale > 0 (CE only)
-    REDUCTION: tl.constexpr,  # REDUCTION_CODES; 'mean' reads inverse_denominators_ptr
+    REDUCTION: tl.constexpr,  # REDUCTION_CODES
     COMPUTE_GRAD: tl.constexpr,  # write the gradient
     SAVE_STATS: tl.constexpr,  # write each row's max and log-sum for a later backward
     BACKWARD: tl.constexpr,  # backward: the upstream from memory, the gradient, no loss
@@ -404,12 +561,24 @@ def _softmax_loss_kernel(
     SKIP_IF_UPSTREAM_ONE: tl.constexpr,  # BACKWARD of a gradient already written for upstream 1
     HAS_SPATIAL: tl.constexpr,  # S > 1: a row index splits into (sample, position)
     SINGLE_CHUNK: tl.constexpr,  # C <= BLOCK_C: whole rows in registers, one read
+    SMALL_C: tl.constexpr,  # C itself when C <= kernels.softmax.SMALL_C (else 0)
     ROWS_PER_PROGRAM: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    BLOCK_C: tl.constexpr,  # classes per row held (SINGLE_CHUNK), or per loop step
+    SPAN: tl.constexpr,  # classes per tile: BLOCK_C = tiles x SPAN (SINGLE_CHUNK)
+    ALIGN: tl.constexpr,  # elements per access the row layout allows (a power of two)
     FP64: tl.constexpr,  # compute in float64 (float64 logits), else in float32
+    APPROX: tl.constexpr,  # kernels._common's fast reciprocal and logarithms (fp32 only)
 ):
     """Each program handles ROWS_PER_PROGRAM rows, BLOCK_C classes at a time (all at once when
-    SINGLE_CHUNK): their losses, and their gradient rows when COMPUTE_GRAD."""
+    SINGLE_CHUNK): their losses, and their gradient rows when COMPUTE_GRAD.
+
+    SINGLE_CHUNK holds a row as a tuple of (ROWS_PER_PROGRAM, SPAN) tiles, SPAN = (threads per
+    row) x ALIGN: Triton then lays each tile out with ALIGN consecutive classes per thread and a
+    row's threads in one warp, or in as few warps as it takes, so that reducing a row needs few
+    shuffles and no shared memory below 1024 classes (a single (ROWS, BLOCK_C) tile would spread
+    a row of 1000 bf16 classes over four warps).
+    """
+    # lossbench static: the rest runs 1 - SKIP_IF_UPSTREAM_ONE * upstream_is_one times per program
     if SKIP_IF_UPSTREAM_ONE:  # noqa: SIM102 (a constexpr: upstream_ptr may be None without it)
         # The forward pass wrote the gradient for an upstream gradient of 1: with that upstream
         # (what loss.backward() passes) there is nothing to do, and no byte to move. Any other
@@ -424,6 +593,10 @@ def _softmax_loss_kernel(
     # an int32 product would wrap and read or write another part of memory.
     rows = tl.program_id(0).to(tl.int64) * ROWS_PER_PROGRAM + tl.arange(0, ROWS_PER_PROGRAM)
     row_mask = rows < n_rows
+    if SMALL_C > 0:
+        n_classes = SMALL_C
+    elif ALIGN > 1:
+        n_classes = n_classes // ALIGN * ALIGN  # the launcher proved C % ALIGN == 0
     if HAS_SPATIAL:
         # Row r is position s of sample n: element (n, c, s) sits at n*sN + c*sC + s*sS, so
         # (N, C, d1, ...) inputs need no transposed copy.
@@ -436,6 +609,12 @@ def _softmax_loss_kernel(
         logits_row = rows * stride_logits_n
         target_at = rows * stride_target_n
         grad_row = rows * stride_grad_n
+    if ALIGN > 1:
+        # The launcher proved it (contiguous classes, strides and addresses multiples of ALIGN
+        # elements): Triton then moves ALIGN elements per instruction, up to 16 bytes, even when
+        # C is not a multiple of 16 (C = 1000).
+        logits_row = tl.multiple_of(logits_row, ALIGN)
+        grad_row = tl.multiple_of(grad_row, ALIGN)
 
     target = tl.load(target_ptr + target_at, mask=row_mask, other=0).to(tl.int64)
     ignored = target == ignore_index
@@ -443,8 +622,10 @@ def _softmax_loss_kernel(
     active = row_mask & in_range & ~ignored
     # Out-of-range labels are rejected before launch on the CPU; on a GPU checking would need a
     # host sync, so such a row's loss and gradient become nan. They are never used as an index:
-    # every load below that takes the target as an offset is masked by `active`.
+    # every load below that takes the target as an offset is masked by `active`, and the class
+    # compared per element is an int32 that is -1 unless the row is active.
     out_of_range = ~ignored & ~in_range
+    target_class = tl.where(active, target, -1).to(tl.int32)
     target_logit = to_compute_dtype(
         tl.load(logits_ptr + logits_row + target * stride_logits_c, mask=active, other=0.0), FP64
     )
@@ -468,56 +649,103 @@ def _softmax_loss_kernel(
             scale_weighted = scale_weighted * tl.load(inverse_denominators_ptr)
             scale_count = scale_count * tl.load(inverse_denominators_ptr + 1)
     elif REDUCTION == _MEAN:
-        scale_weighted = zeros + tl.load(inverse_denominators_ptr)
-        scale_count = zeros + tl.load(inverse_denominators_ptr + 1)
+        weight_sum, count = _mean_denominators(
+            target_ptr,
+            class_weight_ptr,
+            partials_ptr,
+            workspace_ptr,
+            n_rows,
+            n_classes,
+            n_spatial,
+            stride_target_n,
+            stride_target_s,
+            ignore_index,
+            n_target_chunks,
+            target_steps,
+            HAS_WEIGHT and not FOCAL,
+            HAS_SPATIAL,
+        )
+        # 1/0 = inf makes a 'mean' over no counted row nan (0 x inf), as torch's.
+        inverse_weighted = 1.0 / weight_sum
+        inverse_count = 1.0 / count
+        if tl.program_id(0) == 0:  # runs once per launch
+            # For backward, which scales by them again at an upstream gradient other than 1.
+            tl.store(inverse_denominators_ptr, inverse_weighted)
+            tl.store(inverse_denominators_ptr + 1, inverse_count)
+        scale_weighted = zeros + inverse_weighted
+        scale_count = zeros + inverse_count
     else:
         scale_weighted = zeros + 1.0
         scale_count = scale_weighted
 
-    classes = tl.arange(0, BLOCK_C)
-    if SINGLE_CHUNK:
-        # The only read of these rows: everything below works on the registers.
-        class_mask = classes < n_classes
-        x = tl.load(
-            logits_ptr + logits_row[:, None] + classes[None, :].to(tl.int64) * stride_logits_c,
-            mask=row_mask[:, None] & class_mask[None, :],
-            other=float("-inf"),
-        )
-        x = to_compute_dtype(x, FP64)
-        class_weight = _class_weights(
-            class_weight_ptr, classes, class_mask, HAS_WEIGHT and LABEL_SMOOTHING, FP64
-        )
-
     smooth = zeros
-    if LOAD_STATS:
-        row_max = tl.load(row_stats_ptr + 2 * rows, mask=row_mask, other=0.0)
-        log_sum = tl.load(row_stats_ptr + 2 * rows + 1, mask=row_mask, other=0.0)
-    else:
-        row_max = zeros + float("-inf")
-        rest = zeros
-        weight_seen = zeros
-        if SINGLE_CHUNK:
-            row_max, rest, smooth, weight_seen = _fold_chunk(
-                x,
-                class_weight,
-                class_mask,
-                row_mask,
-                row_max,
-                rest,
-                smooth,
-                weight_seen,
-                LABEL_SMOOTHING,
+    if SINGLE_CHUNK:
+        # The only read of these rows: everything below works on the registers. Tuples grow by
+        # concatenation: Triton's frontend has no starred unpacking.
+        xs = ()
+        for tile in tl.static_range(BLOCK_C // SPAN):
+            classes = tile * SPAN + tl.arange(0, SPAN)
+            x = _load_logits(
+                logits_ptr, logits_row, classes, stride_logits_c, row_mask, classes < n_classes
             )
+            xs = xs + (to_compute_dtype(x, FP64),)  # noqa: RUF005
+        if LOAD_STATS:
+            row_max = tl.load(row_stats_ptr + 2 * rows, mask=row_mask, other=0.0)
+            log_sum = tl.load(row_stats_ptr + 2 * rows + 1, mask=row_mask, other=0.0)
         else:
+            widest = xs[0]
+            for tile in tl.static_range(1, BLOCK_C // SPAN):
+                widest = tl.maximum(widest, xs[tile])
+            row_max = tl.max(widest, axis=1)
+        # A row with no finite logit (a padding row among them) has m = -inf: shift by 0 there,
+        # so that no -inf - -inf or 0 x -inf is evaluated (its loss and gradient are decided
+        # below).
+        finite_max = tl.where(row_max == float("-inf"), 0.0, row_max)
+        es = ()
+        for tile in tl.static_range(BLOCK_C // SPAN):
+            e, tile_below = _exponentials(xs[tile], finite_max)
+            es = es + (e,)  # noqa: RUF005
+            if not LOAD_STATS:
+                # Summed per element over the tiles, reduced once per row below.
+                if tile == 0:
+                    below_terms, total_terms = tile_below, e
+                else:
+                    below_terms += tile_below
+                    total_terms += e
+                if LABEL_SMOOTHING:
+                    # sum_c w_c (m - x_c): non-negative terms, +inf for a class at -inf (its
+                    # log p is -inf), as torch's; a lane that does not exist adds 0.
+                    classes = tile * SPAN + tl.arange(0, SPAN)
+                    class_mask = classes < n_classes
+                    weights = _class_weights(
+                        class_weight_ptr, classes, class_mask, HAS_WEIGHT, FP64
+                    )
+                    lanes = row_mask[:, None] & class_mask[None, :]
+                    gaps = weights[None, :] * tl.where(lanes, finite_max[:, None] - xs[tile], 0.0)
+                    if tile == 0:
+                        smooth_terms = gaps
+                    else:
+                        smooth_terms += gaps
+        if not LOAD_STATS:
+            rest = _rest(tl.sum(below_terms, axis=1), tl.sum(total_terms, axis=1))
+            log_sum = log1p(rest, APPROX)
+            if LABEL_SMOOTHING:
+                smooth = tl.sum(smooth_terms, axis=1)
+    else:
+        classes = tl.arange(0, BLOCK_C)
+        if LOAD_STATS:
+            row_max = tl.load(row_stats_ptr + 2 * rows, mask=row_mask, other=0.0)
+            log_sum = tl.load(row_stats_ptr + 2 * rows + 1, mask=row_mask, other=0.0)
+        else:
+            # Online softmax over the chunks (_fold_chunk).
+            row_max = zeros + float("-inf")
+            rest = zeros
+            weight_seen = zeros
             for start in range(0, n_classes, BLOCK_C):
                 chunk = start + classes
                 class_mask = chunk < n_classes
-                x = tl.load(
-                    logits_ptr
-                    + logits_row[:, None]
-                    + chunk[None, :].to(tl.int64) * stride_logits_c,
-                    mask=row_mask[:, None] & class_mask[None, :],
-                    other=float("-inf"),
+                x = _load_logits(
+                    logits_ptr, logits_row, chunk, stride_logits_c, row_mask, class_mask
                 )
                 x = to_compute_dtype(x, FP64)
                 class_weight = _class_weights(
@@ -534,11 +762,9 @@ def _softmax_loss_kernel(
                     weight_seen,
                     LABEL_SMOOTHING,
                 )
-        log_sum = _log1p(rest)
+            log_sum = log1p(rest, APPROX)
+        finite_max = tl.where(row_max == float("-inf"), 0.0, row_max)
 
-    # A row with no finite logit (a padding row among them) has m = -inf: shift by 0 there, so
-    # that no -inf - -inf or 0 x -inf is evaluated (its loss and gradient are decided below).
-    finite_max = tl.where(row_max == float("-inf"), 0.0, row_max)
     loss, true_coef, prob_coef, class_coef, p_minus_one = _row_terms(
         finite_max,
         log_sum,
@@ -556,6 +782,7 @@ def _softmax_loss_kernel(
         FOCAL,
         LABEL_SMOOTHING,
         Z_LOSS,
+        APPROX,
     )
 
     # A row without a softmax (a logit at +inf, or none finite: its max is not finite) has a nan
@@ -563,6 +790,70 @@ def _softmax_loss_kernel(
     # nan there whatever flows into it). A nan logit makes the row's sums nan by itself.
     no_softmax = (row_max == float("inf")) | (row_max == float("-inf"))
     nan_row = out_of_range | no_softmax
+
+    if COMPUTE_GRAD:
+        prob_scale, target_value, class_coef = _gradient_coefficients(
+            true_coef, prob_coef, class_coef, p_minus_one, log_sum, active, nan_row
+        )
+        if SINGLE_CHUNK:
+            for tile in tl.static_range(BLOCK_C // SPAN):
+                classes = tile * SPAN + tl.arange(0, SPAN)
+                class_mask = classes < n_classes
+                _store_tile_gradient(
+                    grad_ptr,
+                    grad_row,
+                    stride_grad_c,
+                    es[tile],
+                    classes,
+                    class_mask,
+                    _class_weights(
+                        class_weight_ptr,
+                        classes,
+                        class_mask,
+                        HAS_WEIGHT and LABEL_SMOOTHING,
+                        FP64,
+                        True,
+                    ),
+                    row_mask,
+                    target_class,
+                    prob_scale,
+                    target_value,
+                    class_coef,
+                    LABEL_SMOOTHING,
+                )
+        else:
+            n_chunks = tl.cdiv(n_classes, BLOCK_C)
+            for chunk_from_end in range(0, n_chunks):
+                # Last chunk first: the first pass read it last, so it is the likeliest in L2.
+                chunk = (n_chunks - 1 - chunk_from_end) * BLOCK_C + classes
+                class_mask = chunk < n_classes
+                x = _load_logits(
+                    logits_ptr, logits_row, chunk, stride_logits_c, row_mask, class_mask
+                )
+                e, _ = _exponentials(to_compute_dtype(x, FP64), finite_max)
+                _store_tile_gradient(
+                    grad_ptr,
+                    grad_row,
+                    stride_grad_c,
+                    e,
+                    chunk,
+                    class_mask,
+                    _class_weights(
+                        class_weight_ptr,
+                        chunk,
+                        class_mask,
+                        HAS_WEIGHT and LABEL_SMOOTHING,
+                        FP64,
+                        True,
+                    ),
+                    row_mask,
+                    target_class,
+                    prob_scale,
+                    target_value,
+                    class_coef,
+                    LABEL_SMOOTHING,
+                )
+
     if not BACKWARD:
         # An ignored row adds 0 x the 'mean' scale: 0 x 1/0 = nan when no row counts, which is
         # torch's 0/0 for a 'mean' over nothing.
@@ -572,65 +863,14 @@ def _softmax_loss_kernel(
             loss,
             tl.where(out_of_range | (active & no_softmax), float("nan"), ignored_loss),
         )
-        tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_mask)
         if SAVE_STATS:
             tl.store(row_stats_ptr + 2 * rows, row_max, mask=row_mask)
             tl.store(row_stats_ptr + 2 * rows + 1, log_sum, mask=row_mask)
-
-    if COMPUTE_GRAD:
-        prob_scale, target_value, class_coef = _gradient_coefficients(
-            true_coef, prob_coef, class_coef, p_minus_one, log_sum, active, nan_row
-        )
-        if SINGLE_CHUNK:
-            _store_gradient(
-                grad_ptr,
-                grad_row,
-                stride_grad_c,
-                x,
-                classes,
-                class_mask,
-                class_weight,
-                row_mask,
-                target,
-                finite_max,
-                prob_scale,
-                target_value,
-                class_coef,
-                LABEL_SMOOTHING,
-            )
+        if REDUCTION == _NONE:
+            tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=row_mask)
         else:
-            n_chunks = tl.cdiv(n_classes, BLOCK_C)
-            for chunk_from_end in range(0, n_chunks):
-                # Last chunk first: the first pass read it last, so it is the likeliest in L2.
-                chunk = (n_chunks - 1 - chunk_from_end) * BLOCK_C + classes
-                class_mask = chunk < n_classes
-                x = tl.load(
-                    logits_ptr
-                    + logits_row[:, None]
-                    + chunk[None, :].to(tl.int64) * stride_logits_c,
-                    mask=row_mask[:, None] & class_mask[None, :],
-                    other=float("-inf"),
-                )
-                x = to_compute_dtype(x, FP64)
-                class_weight = _class_weights(
-                    class_weight_ptr, chunk, class_mask, HAS_WEIGHT and LABEL_SMOOTHING, FP64
-                )
-                _store_gradient(
-                    grad_ptr,
-                    grad_row,
-                    stride_grad_c,
-                    x,
-                    chunk,
-                    class_mask,
-                    class_weight,
-                    row_mask,
-                    target,
-                    finite_max,
-                    prob_scale,
-                    target_value,
-                    class_coef,
-                    LABEL_SMOOTHING,
-                )
+            share = tl.sum(tl.where(row_mask, loss, 0.0), axis=0)
+            finish_reduction(partials_ptr + 2 * _MAX_TARGET_CHUNKS, workspace_ptr, loss_ptr, share)
 
 
 # --- Probability targets ------------------------------------------------------------------------
@@ -845,7 +1085,7 @@ def _softmax_probability_loss_kernel(
                 )
                 gap_sum, weight_sum = _fold_gaps(x, v, mask, row_max, new_max, gap_sum, weight_sum)
                 row_max = new_max
-        log_sum = _log1p(rest)
+        log_sum = log1p(rest)
 
     # No softmax (a logit at +inf, or none finite): a nan loss and nan gradients, as in torch.
     no_softmax = (row_max == float("inf")) | (row_max == float("-inf"))
@@ -973,6 +1213,75 @@ def _block_shape(n_rows: int, n_classes: int, max_fused_c: int | None = None) ->
     return _BlockShape(rows, block_c, single_chunk, num_warps)
 
 
+@dataclass(frozen=True)
+class _TileShape:
+    """How _softmax_loss_kernel holds rows (see its docstring)."""
+
+    rows_per_program: int
+    block_c: int  # classes held per row (single chunk) or per loop step
+    span: int  # classes per tile: threads per row x align
+    align: int  # elements per access
+    single_chunk: bool
+    small_c: int  # C when it is a compile-time constant, else 0
+    num_warps: int
+    max_registers: int | None = None  # ptxas's cap per thread, None for none
+
+
+def _alignment(logits: torch.Tensor, grad: torch.Tensor | None) -> int:
+    """Elements per access that every row allows, up to 16 bytes: the largest power of two
+    dividing the class count, the row starts (strides and storage offsets of the logits and the
+    gradient) and the base addresses, with classes contiguous. 1 otherwise (and for (N, C, S)
+    inputs, whose classes are S apart)."""
+    n_samples, n_classes, n_spatial = logits.shape
+    if n_spatial > 1 or logits.stride(1) != 1 or (grad is not None and grad.stride(1) != 1):
+        return 1
+    align = 16 // logits.element_size()
+    sizes = [n_classes]
+    for tensor in (logits, grad):
+        if tensor is not None:
+            if tensor.data_ptr() % tensor.element_size():
+                return 1
+            sizes.append(tensor.stride(0) if n_samples > 1 else 0)
+            sizes.append(tensor.data_ptr() // tensor.element_size())
+    while align > 1 and any(size % align for size in sizes):
+        align //= 2
+    return align
+
+
+def _tile_shape(n_rows: int, n_classes: int, align: int) -> _TileShape:
+    """Rows per program, tiles and warps of _softmax_loss_kernel for a (n_rows, n_classes)
+    problem whose rows allow ``align`` elements per access."""
+    if n_classes > MAX_FUSED_C:
+        # One row per program, 8 warps along it, CHUNK_C classes per step: 32 per thread.
+        return _TileShape(1, CHUNK_C, CHUNK_C, align, False, 0, 8)
+    if n_classes <= SMALL_C:
+        # Whole rows per thread: tiles of `align` classes, as many as the row needs.
+        threads_per_row, block_c = 1, triton.cdiv(n_classes, align) * align
+        rows_per_thread = SMALL_ROWS_PER_THREAD
+    else:
+        block_c = triton.next_power_of_2(n_classes)
+        threads_per_row = min(max(1, block_c // ROW_VALUES_PER_THREAD), MAX_THREADS_PER_ROW)
+        align = min(align, block_c // threads_per_row)
+        rows_per_thread = 1
+    num_warps = max(TILE_NUM_WARPS, threads_per_row // 32)
+    rows = 32 * num_warps * rows_per_thread // threads_per_row
+    rows = min(rows, triton.next_power_of_2(n_rows))
+    small_c = n_classes if n_classes <= SMALL_C else 0
+    span = threads_per_row * align
+    if INTERPRETED and not small_c:
+        # Layouts mean nothing to the interpreter, which runs every tile's operations in Python:
+        # at most INTERPRETED_TILES tiles (of a power-of-two row), still more than one.
+        span = max(span, block_c // INTERPRETED_TILES)
+    max_registers = MAX_ROW_REGISTERS if threads_per_row == MAX_THREADS_PER_ROW else None
+    return _TileShape(rows, block_c, span, align, True, small_c, num_warps, max_registers)
+
+
+def _target_chunks(n_rows: int) -> tuple[int, int]:
+    """(chunks, TARGET_BLOCK steps per chunk) covering n_rows targets, at most MAX_TARGET_CHUNKS."""
+    steps = max(MIN_TARGET_STEPS, triton.cdiv(triton.cdiv(n_rows, TARGET_BLOCK), MAX_TARGET_CHUNKS))
+    return triton.cdiv(n_rows, steps * TARGET_BLOCK), steps
+
+
 def _class_rows(tensor: torch.Tensor) -> torch.Tensor:
     """A (N, C, S) view of a tensor of the logits' shape; a row is one (n, s).
 
@@ -1004,7 +1313,9 @@ def _inverse_denominators(
     """(2,) ``dtype`` on the device: 1 / sum of w_{y_i} and 1 / count, over non-ignored targets.
 
     Torch ops over the (N,) targets, no host sync; 1/0 = inf makes a 'mean' over nothing nan.
-    Focal loss and unweighted cross-entropy divide by the count in both slots.
+    Focal loss and unweighted cross-entropy divide by the count in both slots. For
+    kernels.vocab_parallel, whose collectives separate its launches anyway; the single-device
+    kernel sums the same within its one launch (_mean_denominators).
     """
     counted = target != options.ignore_index
     count = counted.sum(dtype=dtype)
@@ -1033,35 +1344,47 @@ def _launch(
 ) -> None:
     """Launch ``_softmax_loss_kernel`` over the rows of ``logits`` (N, C, S), ``target`` (N, S).
 
-    Forward (``backward=False``) writes ``loss`` (N*S,), and ``grad`` (N, C, S) when given,
-    ``row_stats`` (N*S, 2) when given. Backward reads ``upstream`` (N*S,), any stride (0 for a
-    reduced loss's one value), and ``row_stats`` when given (else it computes them again from
-    the logits), and writes ``grad``; with ``skip_if_upstream_is_one`` every program leaves at
-    once when that value is 1. ``grad`` may be ``logits`` itself (inplace_backward).
+    Forward (``backward=False``) writes ``loss``: (N*S,) per-row losses for 'none', the () loss
+    for 'mean' and 'sum'; ``grad`` (N, C, S) when given, ``row_stats`` (N*S, 2) when given, and
+    for 'mean' ``inverse_denominators`` (2,). One launch: 'mean' sums its denominators and every
+    reduction its loss inside it (kernels._common's workspace). Backward reads ``upstream``
+    (N*S,), any stride (0 for a reduced loss's one value), ``inverse_denominators`` for 'mean',
+    and ``row_stats`` when given (else it computes them again from the logits), and writes
+    ``grad``; with ``skip_if_upstream_is_one`` every program leaves at once when that value is 1.
+    ``grad`` may be ``logits`` itself (inplace_backward).
     """
     # I/O, with b bytes per logit and N the number of rows (N*S for (N, C, S) inputs):
     #   C <= MAX_FUSED_C, forward: read N*C*b logits once + N targets + N*b for the true-class
-    #     logit (a gather in the row just read: cache); write N losses (+ N*C*b gradient when
-    #     computing it, or 8N (fp32) row statistics for a backward that will).
+    #     logit (a gather in the row just read: cache); write N losses ('none') or one share
+    #     per program and the loss (+ N*C*b gradient when computing it, or 8N (fp32) row
+    #     statistics for a backward that will). 'mean' reads the N targets once more for its
+    #     denominators.
     #   C > MAX_FUSED_C: the same, but with the gradient the logits are read twice (2 N*C*b):
     #     the row does not fit on chip; the second pass runs last chunk first to hit L2. A
     #     forward that a backward will follow writes the 8N row statistics for it.
     #   backward: read N*C*b logits (+ 8N statistics, when saved) + N targets + N upstream,
     #     write N*C*b; with skip_if_upstream_is_one and an upstream of 1: read one scalar per
     #     program.
-    # 'mean' adds torch ops over the N targets for the denominators (no host sync).
     n_samples, n_classes, n_spatial = logits.shape
     n_rows = n_samples * n_spatial
     if n_rows == 0:
         return
-    shape = _block_shape(n_rows, n_classes)
+    shape = _tile_shape(n_rows, n_classes, _alignment(logits, grad))
     fp64 = logits.dtype == torch.float64
+    dtype = compute_dtype(logits.dtype)
     weight_total = None
     if class_weight is not None and options.label_smoothing > 0:
-        weight_total = class_weight.sum(dtype=compute_dtype(logits.dtype))
+        weight_total = class_weight.sum(dtype=dtype)
     grad_strides = grad.stride() if grad is not None else (0, 0, 0)
-    grid = (triton.cdiv(n_rows, shape.rows_per_program),)
-    _softmax_loss_kernel[grid](
+    n_programs = triton.cdiv(n_rows, shape.rows_per_program)
+    n_target_chunks, target_steps = _target_chunks(n_rows)
+    partials = workspace = None
+    if options.reduction != "none" and not backward:
+        partials = torch.empty(
+            2 * MAX_TARGET_CHUNKS + n_programs, dtype=dtype, device=logits.device
+        )
+        workspace = launch_workspace(logits.device)
+    _softmax_loss_kernel[(n_programs,)](
         logits,
         target,
         class_weight,
@@ -1071,6 +1394,8 @@ def _launch(
         row_stats,
         loss,
         grad,
+        partials,
+        workspace,
         n_rows,
         n_classes,
         n_spatial,
@@ -1083,6 +1408,8 @@ def _launch(
         options.z_loss_scale,
         options.gamma,
         options.focal_alpha,
+        n_target_chunks,
+        target_steps,
         FOCAL=options.focal,
         HAS_WEIGHT=class_weight is not None,
         LABEL_SMOOTHING=options.label_smoothing > 0,
@@ -1095,10 +1422,15 @@ def _launch(
         SKIP_IF_UPSTREAM_ONE=skip_if_upstream_is_one,
         HAS_SPATIAL=n_spatial > 1,
         SINGLE_CHUNK=shape.single_chunk,
+        SMALL_C=shape.small_c,
         ROWS_PER_PROGRAM=shape.rows_per_program,
         BLOCK_C=shape.block_c,
+        SPAN=shape.span,
+        ALIGN=shape.align,
         FP64=fp64,
+        APPROX=APPROXIMATE_MATH and not fp64,
         num_warps=shape.num_warps,
+        maxnreg=shape.max_registers,
     )
 
 
@@ -1204,7 +1536,8 @@ def _launch_probabilities(
 
 
 @torch.library.custom_op(
-    "lossbench::softmax_loss_forward", mutates_args=("loss", "grad", "row_stats")
+    "lossbench::softmax_loss_forward",
+    mutates_args=("inverse_denominators", "loss", "grad", "row_stats"),
 )
 def _softmax_loss_forward(
     logits: torch.Tensor,
@@ -1433,17 +1766,25 @@ class _SoftmaxLossFunction(torch.autograd.Function):
             # against 128 for 256 rows of 10 classes, one program per SM instead of two), and
             # its backward computes them only at an upstream gradient other than 1.
             row_stats = torch.empty((n_rows, 2), dtype=dtype, device=input.device)
-        loss_dtype = input.dtype if reduction == "none" else dtype
-        row_losses = torch.empty(n_rows, dtype=loss_dtype, device=input.device)
+        if reduction == "none":
+            loss = torch.empty(n_rows, dtype=input.dtype, device=input.device)
+        elif n_rows == 0:
+            # torch's empty mean is nan, its empty sum 0; no row, no launch.
+            empty = math.nan if reduction == "mean" else 0.0
+            loss = torch.full((), empty, dtype=input.dtype, device=input.device)
+        else:
+            loss = torch.empty((), dtype=input.dtype, device=input.device)
+        # 'mean': written by the forward launch, which sums them over the targets; read again by
+        # a backward that recomputes the gradient.
         inverse_denominators = None
         if reduction == "mean":
-            inverse_denominators = _inverse_denominators(rows_target, class_weight, options, dtype)
+            inverse_denominators = torch.empty(2, dtype=dtype, device=input.device)
         _softmax_loss_forward(
             logits,
             rows_target,
             class_weight,
             inverse_denominators,
-            row_losses,
+            loss,
             None if grad is None else grad.view(logits.shape),
             row_stats,
             **_op_options(options),
@@ -1454,10 +1795,8 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         if recomputes:
             ctx.save_for_backward(input, target, class_weight, row_stats, inverse_denominators)
         if reduction == "none":
-            return row_losses.view(target.shape)
-        if reduction == "mean" and n_rows == 0:
-            return torch.full((), math.nan, dtype=input.dtype, device=input.device)
-        return row_losses.sum().to(input.dtype)
+            return loss.view(target.shape)
+        return loss
 
     @staticmethod
     def backward(

@@ -52,6 +52,7 @@ from lossbench.kernels._common import (
     check_first_order,
     check_kernel_device,
     check_no_gradient_wanted,
+    log1p,
     scale_unless_one_,
 )
 from lossbench.kernels.softmax import (
@@ -63,7 +64,6 @@ from lossbench.kernels.softmax import (
     _fold_chunk,
     _gradient_coefficients,
     _inverse_denominators,
-    _log1p,
     _LossOptions,
     _row_terms,
     _store_gradient,
@@ -308,7 +308,7 @@ def _shard_loss_kernel(
     row_max = tl.load(global_max_ptr + rows, mask=row_mask, other=0.0)
     ranks_at_max = tl.load(shares_ptr + n_rows + rows, mask=row_mask, other=1.0)
     rest = tl.load(shares_ptr + rows, mask=row_mask, other=0.0) + (ranks_at_max - 1.0)
-    log_sum = _log1p(rest)
+    log_sum = log1p(rest)
     true_logit = tl.load(shares_ptr + 2 * n_rows + rows, mask=row_mask, other=0.0)
     if LABEL_SMOOTHING:
         smooth = tl.load(shares_ptr + 3 * n_rows + rows, mask=row_mask, other=0.0)

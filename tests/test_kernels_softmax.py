@@ -22,18 +22,22 @@ from lossbench.reference.tolerance import assert_close
 from .helpers import NON_FINITE_ROWS, loss_and_gradients, non_finite_softmax_case, upcast
 
 # The interpreter evaluates masked lanes and padding rows too (with -inf logits, discarded by the
-# masks), and numpy warns about the nan it computes there.
+# masks), and numpy warns about the nan it computes there, and about the 1/0 = inf that makes a
+# 'mean' over no counted row nan.
 pytestmark = [
     pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning"),
     pytest.mark.usefixtures("poisoned_allocations"),
 ]
 
 DEVICE = KERNEL_DEVICE
 IGNORE = -100
 
-# 2 and 3: tiny rows, many per program; 10: not a power of two (padded lanes); 1000: a few rows
-# per program; 1025: one above a power of two (a 2048-wide block, mostly padding).
-CLASS_COUNTS = (2, 3, 10, 1000, 1025)
+# 2 and 3: tiny rows, many per program; 10: not a power of two; 13: a prime (one class per
+# access); 10 and 13 are held whole by each thread (up to SMALL_C classes); 33: one above that, the
+# first row shared by threads; 1000: a few rows per program, 16-byte accesses; 1025: one above a
+# power of two (a 2048-wide block, mostly padding).
+CLASS_COUNTS = (2, 3, 10, 13, 33, 1000, 1025)
 
 
 def _targets(n_rows: int, n_classes: int, *, ignored: bool, shape: tuple[int, ...] = ()):

@@ -129,6 +129,16 @@ def default_cases(
     return cases
 
 
+def _fake_two_rank_group():
+    """torch.distributed's default group as rank 0 of two in a fake process group."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if not dist.is_initialized():
+        dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    return dist.group.WORLD
+
+
 def prepare_call(case: StaticCase) -> Callable[[], None]:
     """Make the inputs of ``case`` and return its call: the loss and ``loss.backward()``
     (upstream gradient 1 for a reduced loss, ones of the loss's shape for 'none').
@@ -136,14 +146,19 @@ def prepare_call(case: StaticCase) -> Callable[[], None]:
     The logits are ``torch.empty``: the kernels are compiled, never run, so their values do not
     matter, and a large shape costs no memory until touched. Options: ``weight=True`` (a (C,)
     class weight; a softmax focal loss's alpha tensor), ``pos_weight=True`` (of the logits'
-    shape), ``target_grad=True`` (a float target that requires grad), and keyword arguments of
-    the loss.
+    shape), ``target_grad=True`` (a float target that requires grad), ``vocab_parallel=True``
+    (the logits are rank 0's slice of twice as many classes, in a fake two-rank process group
+    whose collectives do nothing: kernels.vocab_parallel), and keyword arguments of the loss.
     """
     from lossbench import kernels
 
     arguments = {**LOSSES[case.loss].options, **dict(case.options)}
     dtype = DTYPES[case.dtype]
     logits = torch.empty(case.shape, dtype=dtype).requires_grad_()
+    all_classes = case.classes
+    if arguments.pop("vocab_parallel", False):
+        all_classes = 2 * case.classes
+        arguments.update(process_group=_fake_two_rank_group(), class_offset=0)
     if case.family == "softmax":
         target = torch.zeros((case.batch, *case.spatial), dtype=torch.int64)
     else:
@@ -152,7 +167,7 @@ def prepare_call(case: StaticCase) -> Callable[[], None]:
         target.requires_grad_(bool(arguments.pop("target_grad", False)))
     if arguments.pop("weight", False):
         name = "alpha" if case.loss == "softmax_focal_loss" else "weight"
-        arguments[name] = torch.rand(case.classes, dtype=dtype)
+        arguments[name] = torch.rand(all_classes, dtype=dtype)
     if arguments.pop("pos_weight", False):
         arguments["pos_weight"] = torch.rand(case.shape, dtype=dtype)
     function = getattr(kernels, case.loss)

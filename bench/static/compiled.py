@@ -221,7 +221,7 @@ def launch_facts(
             if loop.contains(instruction):
                 factor = factor * _count(region, evaluator, files[region.file])
                 locations.append((region.file, region.first_line))
-        factor = factor * _multiplier(tuple(locations), regions, files, evaluator, ("if",))
+        factor = factor * _multiplier(tuple(locations), regions, files, evaluator, ("if", "rest"))
         per_program = float(np.mean(np.broadcast_to(factor, (grid,))))
         total += per_program
         if per_program:
@@ -254,7 +254,7 @@ def launch_facts(
             if shape_match
             else ()
         )
-        factor = _multiplier(locations, regions, files, evaluator, ("for", "while", "if"))
+        factor = _multiplier(locations, regions, files, evaluator, ("for", "while", "if", "rest"))
         tensor_accesses.append(
             TensorAccess(
                 pointer=source_access.pointer if source_access else "?",

@@ -47,7 +47,7 @@ class StreamingMultiprocessor:
 class SpeedModel:
     """What the estimates assume (see the module docstring); none of it measured here."""
 
-    device: str = "H200 SXM (assumed)"
+    device: str = "H200 SXM"
     sms: int = 132
     # The H200 SXM's maximum boost clock; a kernel near its power limit may run slower.
     clock_hz: float = 1.98e9

@@ -20,12 +20,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
+import tempfile
 
 from lossbench.bench.static.cases import StaticCase
 
-# torch operators that launch nothing on a GPU: allocations and metadata. Views are recognised
-# by the operator's schema.
+# torch operators that launch nothing on a GPU: allocations and metadata. Views, and operators
+# that neither return nor write a tensor (aten.promote_types, say), are recognised by their
+# schema; lossbench's own custom ops are containers: the launches inside them are counted.
 _NO_DEVICE_WORK = {
     "empty",
     "empty_like",
@@ -52,16 +53,13 @@ class OfflineCompileUnavailableError(RuntimeError):
 
 def compile_cases(cases: list[StaticCase], timeout_s: float = 1800) -> list[dict]:
     """Compile every case in a fresh subprocess; one record per case (``_analyse_case``)."""
-    root = Path(__file__).resolve().parents[2]
-    environment = {
-        **os.environ,
-        "TRITON_INTERPRET": "0",
-        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-    }
+    environment = {**os.environ, "TRITON_INTERPRET": "0"}
     completed = subprocess.run(
         [sys.executable, "-m", "lossbench.bench.static.offline"],
         input=json.dumps([case.as_dict() for case in cases]),
         env=environment,
+        # Not the checkout: its folders (kernels/, bench/) must not shadow installed packages.
+        cwd=tempfile.gettempdir(),
         capture_output=True,
         text=True,
         check=False,
@@ -121,6 +119,7 @@ class _Recorder:
         self.launches: list[tuple] = []
         self.host_syncs: list[str] = []
         self.facts: list[dict] = []
+        self.analysing = True  # False while a call only warms up: compile, analyse nothing
 
     def compile_instead_of_launch(self) -> None:
         from triton.runtime.jit import JITFunction
@@ -132,7 +131,7 @@ class _Recorder:
 
         def compile_only(kernel, *args, grid, warmup, **kwargs):
             compiled = run(kernel, *args, grid=grid, warmup=True, **kwargs)
-            if warmup:
+            if warmup or not recorder.analysing:
                 return compiled
             parameters = inspect.signature(kernel.fn).parameters
             bound = inspect.signature(kernel.fn).bind(
@@ -158,14 +157,45 @@ class _Recorder:
 
         class CountDeviceWork(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
                 name = func.overloadpacket.__name__
-                if name in _HOST_SYNC:
+                if func.namespace == "lossbench":
+                    # Run the op's implementation with this mode on again, so that the torch
+                    # operators inside it are counted too (a mode is off inside its own
+                    # __torch_dispatch__).
+                    implementation = _custom_op_implementation(func)
+                    if implementation is not None:
+                        with self:
+                            return implementation(*args, **kwargs)
+                elif name in _HOST_SYNC:
                     recorder.host_syncs.append(str(func))
-                elif not func.is_view and name not in _NO_DEVICE_WORK:
+                elif _launches_device_work(func):
                     recorder.launches.append(("torch", str(func)))
-                return func(*args, **(kwargs or {}))
+                return func(*args, **kwargs)
 
         return CountDeviceWork()
+
+
+def _launches_device_work(func) -> bool:
+    """Whether a torch operator would launch device work: it returns or writes a tensor, and is
+    neither a view nor an allocation."""
+    if func.is_view or func.overloadpacket.__name__ in _NO_DEVICE_WORK:
+        return False
+    schema = func._schema
+    returns_tensor = any("Tensor" in str(value.type) for value in schema.returns)
+    writes = any(
+        argument.alias_info is not None and argument.alias_info.is_write
+        for argument in schema.arguments
+    )
+    return returns_tensor or writes
+
+
+def _custom_op_implementation(func):
+    """The Python function behind a torch.library custom op, or None when torch hides it."""
+    from torch._library.custom_ops import OPDEFS
+
+    definition = OPDEFS.get(f"{func.namespace}::{func._schema.name.split('::')[-1]}")
+    return getattr(definition, "_init_fn", None)
 
 
 def _describe(error: BaseException) -> str:
@@ -185,7 +215,9 @@ def _analyse_case(case: StaticCase, recorder: _Recorder) -> dict:
         call = prepare_call(case)
         # Once to compile and to make what a first call makes once per process (the kernels'
         # workspace), then once counted: the launches of every later call.
+        recorder.analysing = False
         call()
+        recorder.analysing = True
         recorder.launches.clear()
         recorder.host_syncs.clear()
         recorder.facts.clear()

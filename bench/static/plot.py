@@ -56,8 +56,8 @@ def plot_static(rows: list[dict[str, object]], path: Path) -> None:
         "assumed; not measured)"
     )
     figure.suptitle(
-        f"Fused kernels compiled offline for sm_90: forward+backward, 'mean' "
-        f"(estimates for an {MODEL.device})"
+        f"Fused kernels compiled offline for sm_90: forward+backward, 'mean'. "
+        f"ESTIMATES for an {MODEL.device} from a model, not measured"
     )
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)

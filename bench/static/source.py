@@ -10,6 +10,13 @@ its count in a comment on its first line, which this module reads::
     if ticket == tl.num_programs(0) - 1:  # runs once per launch
     if scale != 1.0:  # runs 0 if upstream_is_one else 1 times per program
 
+An ``if`` whose body returns early can say how often the rest of the kernel runs, on its line
+or on a comment line just above it::
+
+    # lossbench static: the rest runs 0 if upstream_is_one else 1 times per program
+    if tl.load(upstream_ptr) == 1.0:
+        return
+
 The count is a Python expression over the kernel's arguments (constexprs included), the
 assignments above it in the kernel, ``tl.cdiv``, ``tl.program_id(0)``, ``tl.num_programs(0)``,
 and ``upstream_is_one`` (True: the analysed calls run ``loss.backward()``, whose upstream
@@ -32,7 +39,8 @@ import numpy as np
 from lossbench.bench.static.sass import Location
 
 _COUNT_COMMENT = re.compile(
-    r"#.*?\bruns (?:(?P<once>once)|(?P<expr>.+?) times?) per (?P<per>launch|program)\b"
+    r"#.*?\b(?P<rest>the rest )?runs (?:(?P<once>once)|(?P<expr>.+?) times?) per "
+    r"(?P<per>launch|program)\b"
 )
 
 
@@ -46,13 +54,14 @@ class Region:
 
     Lines ``first_line`` (the ``for``/``while``/``if`` line) to ``last_line``. ``count`` is an
     expression: per entry for a ``for`` (its trip count), per launch or per program for a counted
-    ``while`` or ``if`` (``per``).
+    ``while`` or ``if`` (``per``). A ``rest`` region is the rest of a function after an early
+    return: its ``first_line`` is the returning ``if``'s last line.
     """
 
     file: str
     first_line: int
     last_line: int
-    kind: str  # "for", "while" or "if"
+    kind: str  # "for", "while", "if" or "rest"
     count: str
     per: str  # "entry", "program" or "launch"
 
@@ -171,6 +180,22 @@ def parse_source(path: str) -> SourceFile:
                         accesses.setdefault(line, access)
             if isinstance(node, ast.For | ast.While | ast.If):
                 comment = _COUNT_COMMENT.search(lines[node.lineno - 1])
+                above = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
+                if comment is None and above.startswith("#"):
+                    comment = _COUNT_COMMENT.search(above)
+                if comment and comment.group("rest"):
+                    count = "1" if comment.group("once") else comment.group("expr")
+                    regions.append(
+                        Region(
+                            path,
+                            node.end_lineno,
+                            function.end_lineno,
+                            "rest",
+                            count,
+                            comment.group("per"),
+                        )
+                    )
+                    continue
                 if comment:
                     count = "1" if comment.group("once") else comment.group("expr")
                     per = comment.group("per")
