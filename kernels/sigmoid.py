@@ -82,10 +82,19 @@ import triton.language as tl
 from torch import Tensor
 
 from lossbench.kernels._common import (
+    APPROXIMATE_MATH,
+    INTERPRETED,
+    LOG2E,
     REDUCTION_CODES,
     check_first_order,
     check_kernel_device,
     check_no_gradient_wanted,
+    finish_reduction,
+    launch_workspace,
+    log1p,
+    log1p_unit,
+    log2,
+    reciprocal,
     scalar_in_compute_dtype,
     to_compute_dtype,
 )
@@ -98,12 +107,19 @@ from lossbench.reference._checks import (
     compute_dtype,
 )
 
-# Elements per program. num_warps=8 gives 256 threads x 8 elements: one 16-byte load per thread
-# of bf16 logits and of a bf16 target (the width of the widest global load), few enough live fp32
-# values per element (the focal path keeps about ten) for several programs per SM to overlap
-# their memory latency, and numel / 2048 partial sums for "mean" and "sum".
-BLOCK = 2048
+# Elements per program step: num_warps=8 gives 256 threads, each with 8 elements per step (one
+# 16-byte access of bf16 logits, two of fp32: 16 bytes is the widest global access); few enough
+# live fp32 values per element (the focal path keeps about ten) for several programs per SM to
+# overlap their memory latency. A program runs STEPS steps, unrolled (no loop counters; the
+# compiler interleaves them), so that what it does once (its share of the loss, its ticket) is
+# spread over 32 elements per thread; "mean" and "sum" keep numel / 8192 shares (0.01 % of an
+# fp32 gradient). Triton's interpreter runs the same code in two steps of 256 elements: it
+# executes every operation of every step in Python, masked lanes included, and the tests' inputs
+# are small.
 NUM_WARPS = 8
+STEPS = 2 if INTERPRETED else 4
+BLOCK = 256 if INTERPRETED else NUM_WARPS * 32 * 8
+PROGRAM_ELEMENTS = STEPS * BLOCK
 
 # Integer gammas up to this value are compile-time constants: (1 - p_t) ** 2 (the default) costs
 # one multiply instead of a log2 and an exp2, which matters where the kernel must stay memory-bound.
@@ -113,7 +129,7 @@ INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 INTEGER_TARGET_DTYPES = (torch.bool, torch.uint8)
 
 # Broadcast weights are indexed in int32 within one period (see _load_broadcast): the period span
-# plus one block must stay below 2^31.
+# plus one step must stay below 2^31.
 INT32_INDEX_LIMIT = 2**31 - BLOCK
 
 
@@ -146,15 +162,40 @@ def _load_broadcast(
 
 
 @triton.jit
+def _product_excess(a, b):
+    """(1 + a)(1 + b) - 1, of non-negative a and b: nothing cancels."""
+    return a + b + a * b
+
+
+@triton.jit
+def _group_excess(e, GROUP: tl.constexpr):
+    """prod (1 + e) - 1 over each GROUP consecutive elements of e (BLOCK,): (BLOCK // GROUP,).
+
+    Halves of each group are combined pairwise (tl.split, then _product_excess elementwise)
+    rather than by tl.reduce with a custom combine, which Triton's interpreter runs one element
+    at a time in Python. A group is one thread's 16-byte access, so compiled this moves nothing
+    between threads.
+    """
+    excess = tl.reshape(e, [e.shape[0] // GROUP, GROUP])
+    for _ in tl.static_range(GROUP.bit_length() - 1):
+        halves = tl.reshape(excess, [excess.shape[0], excess.shape[1] // 2, 2])
+        first, second = tl.split(halves)
+        excess = _product_excess(first, second)
+    return tl.reshape(excess, [e.shape[0] // GROUP])
+
+
+@triton.jit
 def _sigmoid_loss_kernel(
     input_ptr,  # (n_elements,) logits, fp32/fp16/bf16
     target_ptr,  # (n_elements,) targets: any float dtype, or uint8 (bool targets viewed as uint8)
     weight_ptr,  # weight, any float dtype: (period,) pattern or (n_elements,); None without
     pos_weight_ptr,  # pos_weight, any float dtype, laid out like weight_ptr; None without
     upstream_ptr,  # REDUCTION none + gradients: (n_elements,) or (1,) upstream gradient
-    loss_ptr,  # none: (n_elements,) loss dtype; mean/sum: (n_programs,) compute-dtype partials
+    loss_ptr,  # none: (n_elements,) loss dtype; mean/sum: () the loss, in the loss dtype
     grad_input_ptr,  # (n_elements,) input dtype, written when COMPUTE_GRAD
     grad_target_ptr,  # (n_elements,) target dtype, written when COMPUTE_TARGET_GRAD
+    partials_ptr,  # forward mean/sum: (grid,) compute dtype, each program's share of the loss
+    workspace_ptr,  # forward mean/sum: (WORKSPACE_COUNTERS,) int32, zero between launches
     n_elements,
     weight_inner,
     weight_period,
@@ -162,7 +203,9 @@ def _sigmoid_loss_kernel(
     pos_weight_period,
     alpha: tl.float64,  # floats declared float64: a float64 kernel gets them exact
     gamma: tl.float64,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr,  # elements per step: 8 per thread
+    STEPS: tl.constexpr,  # steps per program
+    GROUP: tl.constexpr,  # elements per thread and access (16 bytes of logits)
     REDUCTION: tl.constexpr,  # kernels._common.REDUCTION_CODES
     COMPUTE_GRAD: tl.constexpr,
     COMPUTE_TARGET_GRAD: tl.constexpr,
@@ -177,168 +220,197 @@ def _sigmoid_loss_kernel(
     MEAN: tl.constexpr,  # 'mean': the loss and the gradients divided by n_elements
     SKIP_IF_UPSTREAM_ONE: tl.constexpr,  # backward of gradients already written for upstream 1
     FP64: tl.constexpr,  # compute in float64, else in float32
+    APPROX: tl.constexpr,  # kernels._common's fast reciprocal and logarithms (fp32 only)
 ):
-    """Each program handles BLOCK consecutive elements of the flattened input.
+    """Each program handles STEPS x BLOCK consecutive elements of the flattened input.
 
     REDUCTION none without gradients: the forward pass, writing the elementwise loss.
     REDUCTION none with gradients: the backward pass (of any reduction), writing
     scale * upstream * d loss / d input (and d loss / d target), not the loss. REDUCTION
-    mean/sum: one partial sum of scale * loss per program and, with gradients,
-    scale * d loss / d input (and target) for every element.
+    mean/sum: scale * the loss, summed in the launch (kernels._common.finish_reduction), and
+    with gradients scale * d loss / d input (and target) for every element.
     """
+    # lossbench static: the rest runs 1 - SKIP_IF_UPSTREAM_ONE * upstream_is_one times per program
     if SKIP_IF_UPSTREAM_ONE:  # noqa: SIM102 (a constexpr: upstream_ptr may be None without it)
         # The forward pass wrote the gradients for an upstream gradient of 1: with that upstream
         # (what loss.backward() passes) there is nothing to do, and no byte to move. Any other
         # upstream recomputes them with it folded in, rounded once.
         if tl.load(upstream_ptr).to(tl.float32) == 1.0:
             return
-    # int64: the flattened input may hold more than 2^31 elements.
-    block_start = tl.program_id(0).to(tl.int64) * BLOCK
-    offsets = block_start + tl.arange(0, BLOCK)
-    mask = offsets < n_elements
-    # Every element is read once: evict_first keeps the L2 cache for the broadcast weights.
-    x = tl.load(input_ptr + offsets, mask=mask, other=0.0, eviction_policy="evict_first")
-    x = to_compute_dtype(x, FP64)
-    t = tl.load(target_ptr + offsets, mask=mask, other=0, eviction_policy="evict_first")
-    t = to_compute_dtype(t, FP64)
     alpha = scalar_in_compute_dtype(alpha, FP64)
     gamma = scalar_in_compute_dtype(gamma, FP64)
-    # 1/numel for 'mean', else 1: applied to the partial sums and the gradients.
+    # 1/numel for 'mean', else 1: applied to the shares and the gradients.
     one = scalar_in_compute_dtype(1.0, FP64)
     scale = one / n_elements if MEAN else one
+    # sum of log1p(e) over the GROUP consecutive elements of one thread in every step = log1p of
+    # the excess of prod (1 + e) over 1, accumulated as q + e + q e: one log per thread and
+    # program instead of one per element, exact (positive terms only). Only where the log enters
+    # the sum unweighted.
+    LOG_OF_PRODUCT: tl.constexpr = (
+        REDUCTION != 0 and not FOCAL and not HAS_WEIGHT and not HAS_POS_WEIGHT
+    )
+    loss_sum = tl.zeros([BLOCK], alpha.dtype)
+    excess = tl.zeros([BLOCK // GROUP], alpha.dtype)  # of prod (1 + e) over 1, per thread group
+    for step in tl.static_range(STEPS):
+        # int64: the flattened input may hold more than 2^31 elements.
+        block_start = (tl.program_id(0).to(tl.int64) * STEPS + step) * BLOCK
+        offsets = block_start + tl.arange(0, BLOCK)
+        mask = offsets < n_elements
+        # Every element is read once: evict_first keeps the L2 cache for the broadcast weights.
+        # Masked lanes read x = 1e4, t = 1: a confident right answer, whose e = exp(-1e4) is 0
+        # even in fp64 and whose loss is exactly 0 (for every option), so that the sums need no
+        # select.
+        x = tl.load(input_ptr + offsets, mask=mask, other=1.0e4, eviction_policy="evict_first")
+        x = to_compute_dtype(x, FP64)
+        t = tl.load(target_ptr + offsets, mask=mask, other=1.0, eviction_policy="evict_first")
+        t = to_compute_dtype(t, FP64)
 
-    # One exp, one log and one division give sigma(+-x) and sp(+-x); nothing overflows.
-    # e = exp(-|x|) in (0, 1]; r = 1 / (1 + e) = sigma(|x|); e * r = sigma(-|x|).
-    e = tl.exp(-tl.abs(x))
-    one_plus_e = 1.0 + e
-    r = 1.0 / one_plus_e
-    # log1p(e) without libdevice: log(1 + e) loses e's low bits when e is small (all of them
-    # below 2^-24, where sp(-x) of a confident logit is exactly e). The rounding error of
-    # 1 + e, e - ((1 + e) - 1), is exact (Fast2Sum; (1 + e) - 1 is exact by Sterbenz), and
-    # log1p(e) = log(1 + e) + log1p(error / (1 + e)) = log(1 + e) + error * r up to error^2 ~ 2^-48:
-    # accurate to an ulp or two of the result for every e (Goldberg 1991, "What every computer
-    # scientist should know about floating-point arithmetic", the log1p discussion).
-    log1p_e = tl.log(one_plus_e) + (e - (one_plus_e - 1.0)) * r
-    sigma_pos = tl.where(x >= 0, r, e * r)  # sigma(x)
-    sigma_neg = tl.where(x >= 0, e * r, r)  # sigma(-x) = 1 - sigma(x), without the subtraction
-    # sp(x) = -log(1 - sigma(x)) = max(x, 0) + log1p(e), with max(x, 0) written x - min(x, 0):
-    # equal for every finite x, and nan at x = -inf (-inf - -inf). torch evaluates the loss as
-    # (1 - t) x - pw' log sigmoid(x), which at x = -inf is -inf + inf = nan (0 x -inf for t = 1)
-    # whatever the target; so is every loss here, through sp(x), and nothing else: no gradient
-    # but focal's (below) reads sp(x).
-    softplus_pos = (x - tl.minimum(x, 0.0)) + log1p_e
-    softplus_neg = tl.maximum(-x, 0.0) + log1p_e  # sp(-x) = -log sigma(x)
-
-    if FOCAL:
-        # ce = (1 - t) sp(x) + t sp(-x)    dce/dx = sigma(x) - t = (1 - t) sigma(x) - t sigma(-x)
-        #                                  dce/dt = sp(-x) - sp(x) = -x
-        # m = 1 - p_t = t sigma(-x) + (1 - t) sigma(x)   (p_t = p t + (1 - p)(1 - t))
-        #   dm/dx = (1 - 2t) sigma(x) sigma(-x)          dm/dt = sigma(-x) - sigma(x)
-        # a = alpha t + (1 - alpha)(1 - t) = (1 - alpha) + (2 alpha - 1) t, or 1 when alpha < 0
-        # loss = a ce m^g, so
-        #   dL/dx = a [dce/dx m^g + g ce m^(g-1) dm/dx]
-        #   dL/dt = (2 alpha - 1) ce m^g + a [-x m^g + g ce m^(g-1) dm/dt]
-        # Every factor is written without cancellation for hard targets; the products that hold
-        # m^(g-1) (unbounded as m -> 0 when g < 1) are formed from bounded factors below.
-        cross_entropy = (1.0 - t) * softplus_pos + t * softplus_neg
-        d_cross_entropy = (1.0 - t) * sigma_pos - t * sigma_neg
-        modulating_base = t * sigma_neg + (1.0 - t) * sigma_pos
-        sigma_product = sigma_pos * sigma_neg
-        if GAMMA_INT == 0:
-            modulating = tl.full([BLOCK], 1.0, x.dtype)
-        elif GAMMA_INT > 0:
-            # m^(g-1) by multiplication: exact powers, no log of zero.
-            power_less_one = tl.full([BLOCK], 1.0, x.dtype)
-            for _ in tl.static_range(GAMMA_INT - 1):
-                power_less_one = power_less_one * modulating_base
-            modulating = power_less_one * modulating_base
-            # (1 - 2t) sigma sigma' m^(g-1)  and  ce m^(g-1)
-            slope_x = (1.0 - 2.0 * t) * sigma_product * power_less_one
-            slope_t = cross_entropy * power_less_one
+        # One exp and one reciprocal give sigma(+-x); one log1p(e) sp(+-x); nothing overflows.
+        # e = exp(-|x|) in (0, 1]; r = 1 / (1 + e) = sigma(|x|); e * r = sigma(-|x|).
+        e = tl.exp2(-tl.abs(x * LOG2E))
+        r = reciprocal(1.0 + e, APPROX)
+        sigma_pos = tl.where(x >= 0, r, e * r)  # sigma(x)
+        sigma_neg = tl.where(x >= 0, e * r, r)  # sigma(-x) = 1 - sigma(x), without subtracting
+        # (1 - t) max(x, 0) + t max(-x, 0), the softplus terms less log1p(e), as
+        # x (1 - t) - min(x, 0): exact for hard targets, and nan at x = -inf (-inf - -inf, or
+        # 0 x -inf for t = 1), as torch's loss, which evaluates (1 - t) x - pw' log sigmoid(x),
+        # is there whatever the target. No gradient but focal's (below) reads it.
+        hinge = x * (1.0 - t) - tl.minimum(x, 0.0)
+        if LOG_OF_PRODUCT:
+            # GROUP x STEPS factors (1 + e) <= 2 per slot: the excess stays below 2^32.
+            excess = _product_excess(excess, _group_excess(e, GROUP))
+            log1p_e = tl.zeros_like(e)
         else:
-            # m^g = 2^(g log2 m), and 0 at m = 0 (g > 0 here); nan for m < 0 (a target outside
-            # [0, 1]), as torch's pow. m^(g-1) = m^g / m appears only inside products whose other
-            # factor over m is bounded for t in [0, 1]: sigma sigma' / m <= max(sigma, sigma')
-            # <= 1, and ce / m -> 1 as m -> 0. Their limit at m = 0 is 0. Each ratio is one
-            # division, never a product with 1 / m: for a subnormal m (|x| in 88.7..103 for a
-            # confidently right element) 1 / m overflows to inf, and inf x m^g is inf or nan.
-            is_zero = modulating_base == 0.0
-            safe_base = tl.where(is_zero, 1.0, modulating_base)  # no log2(0) or 0 / 0 evaluated
-            modulating = tl.where(is_zero, 0.0, tl.exp2(gamma * tl.log2(safe_base)))
-            slope_x = (1.0 - 2.0 * t) * (sigma_product / safe_base) * modulating
-            slope_t = (cross_entropy / safe_base) * modulating
-        loss = cross_entropy * modulating
-        if HAS_ALPHA:
-            class_weight = (1.0 - alpha) + (2.0 * alpha - 1.0) * t
-            loss = class_weight * loss
-        if COMPUTE_GRAD:
-            grad = d_cross_entropy * modulating
-            if GAMMA_INT != 0:
-                grad += gamma * cross_entropy * slope_x
-            if HAS_ALPHA:
-                grad = class_weight * grad
-        if COMPUTE_TARGET_GRAD:
-            grad_t = -x * modulating
-            if GAMMA_INT != 0:
-                grad_t += gamma * slope_t * (sigma_neg - sigma_pos)
-            if HAS_ALPHA:
-                grad_t = class_weight * grad_t + (2.0 * alpha - 1.0) * cross_entropy * modulating
-            # torchvision at x = +inf, where its cross-entropy is infinite: for gamma > 0 its
-            # autograd multiplies sigmoid's derivative there, 0, by it, and with alpha it adds the
-            # alpha t and (1 - alpha)(1 - t) paths separately, +inf and -inf: either way the
-            # target gradient is nan. (At x = -inf ce is nan already, and the input gradient is
-            # inf x 0 or nan at both.)
-            if GAMMA_INT != 0 or HAS_ALPHA:
-                grad_t = tl.where(x == float("inf"), float("nan"), grad_t)
-    else:
-        # loss = w [(1 - t) sp(x) + pw t sp(-x)]: torch's (1 - t) x + (1 + (pw - 1) t) sp(-x)
-        # with x = sp(x) - sp(-x), which cancels nothing for hard targets.
-        # dL/dx = w [(1 - t) sigma(x) - pw t sigma(-x)]   (sigma(x) - t when pw = 1)
-        # dL/dt = w [pw sp(-x) - sp(x)] = w [(pw - 1) sp(-x) - x]: exactly -x without pos_weight,
-        # where the first form would cancel to an absolute error of ulp(log 2) near x = 0.
-        positive_term = t * softplus_neg
-        positive_slope = t * sigma_neg
-        if HAS_POS_WEIGHT:
-            pos_weight = _load_broadcast(
-                pos_weight_ptr,
-                offsets,
-                mask,
-                block_start,
-                pos_weight_inner,
-                pos_weight_period,
-                POS_WEIGHT_BROADCAST,
-                BLOCK,
-                FP64,
-            )
-            positive_term = pos_weight * positive_term
-            positive_slope = pos_weight * positive_slope
-        loss = (1.0 - t) * softplus_pos + positive_term
-        if COMPUTE_GRAD:
-            grad = (1.0 - t) * sigma_pos - positive_slope
-        if COMPUTE_TARGET_GRAD:
-            grad_t = -x
-            if HAS_POS_WEIGHT:
-                grad_t += (pos_weight - 1.0) * softplus_neg
-        if HAS_WEIGHT:
-            weight = _load_broadcast(
-                weight_ptr,
-                offsets,
-                mask,
-                block_start,
-                weight_inner,
-                weight_period,
-                WEIGHT_BROADCAST,
-                BLOCK,
-                FP64,
-            )
-            loss = weight * loss
-            if COMPUTE_GRAD:
-                grad = weight * grad
-            if COMPUTE_TARGET_GRAD:
-                grad_t = weight * grad_t
+            # log1p(e) straight from e: log(1 + e) would lose e's low bits when e is small (all
+            # of them below 2^-24, where sp(-x) of a confident logit is exactly e).
+            log1p_e = log1p_unit(e, APPROX)
+        # sp(x) = -log(1 - sigma(x)) = max(x, 0) + log1p(e), with max(x, 0) written
+        # x - min(x, 0): nan at x = -inf, as torch's loss (above).
+        softplus_pos = (x - tl.minimum(x, 0.0)) + log1p_e
+        softplus_neg = tl.maximum(-x, 0.0) + log1p_e  # sp(-x) = -log sigma(x)
 
-    if REDUCTION == 0:
-        if COMPUTE_GRAD or COMPUTE_TARGET_GRAD:
+        if FOCAL:
+            # ce = (1 - t) sp(x) + t sp(-x)   dce/dx = sigma(x) - t = (1 - t) sigma(x) - t sigma(-x)
+            #                                 dce/dt = sp(-x) - sp(x) = -x
+            # m = 1 - p_t = t sigma(-x) + (1 - t) sigma(x)   (p_t = p t + (1 - p)(1 - t))
+            #   dm/dx = (1 - 2t) sigma(x) sigma(-x)          dm/dt = sigma(-x) - sigma(x)
+            # a = alpha t + (1 - alpha)(1 - t) = (1 - alpha) + (2 alpha - 1) t, or 1 if alpha < 0
+            # loss = a ce m^g, so
+            #   dL/dx = a [dce/dx m^g + g ce m^(g-1) dm/dx]
+            #   dL/dt = (2 alpha - 1) ce m^g + a [-x m^g + g ce m^(g-1) dm/dt]
+            # Every factor is written without cancellation for hard targets; the products that
+            # hold m^(g-1) (unbounded as m -> 0 when g < 1) are formed from bounded factors below.
+            cross_entropy = hinge + log1p_e
+            d_cross_entropy = (1.0 - t) * sigma_pos - t * sigma_neg
+            modulating_base = t * sigma_neg + (1.0 - t) * sigma_pos
+            sigma_product = sigma_pos * sigma_neg
+            if GAMMA_INT == 0:
+                modulating = tl.full([BLOCK], 1.0, x.dtype)
+            elif GAMMA_INT > 0:
+                # m^(g-1) by multiplication: exact powers, no log of zero.
+                power_less_one = tl.full([BLOCK], 1.0, x.dtype)
+                for _ in tl.static_range(GAMMA_INT - 1):
+                    power_less_one = power_less_one * modulating_base
+                modulating = power_less_one * modulating_base
+                # g (1 - 2t) sigma sigma' m^(g-1)  and  ce m^(g-1)
+                slope_x = (gamma - 2.0 * gamma * t) * sigma_product * power_less_one
+                slope_t = cross_entropy * power_less_one
+            else:
+                # m^g = 2^(g log2 m), and 0 at m = 0 (g > 0 here); nan for m < 0 (a target
+                # outside [0, 1]), as torch's pow. m^(g-1) = m^g / m appears only inside products
+                # whose other factor over m is bounded for t in [0, 1]: sigma sigma' / m <=
+                # max(sigma, sigma') <= 1, and ce / m -> 1 as m -> 0. Their limit at m = 0 is 0.
+                # Each ratio is one division, never a product with 1 / m: for a subnormal m
+                # (|x| in 88.7..103 for a confidently right element) 1 / m overflows to inf, and
+                # inf x m^g is inf or nan.
+                is_zero = modulating_base == 0.0
+                safe_base = tl.where(is_zero, 1.0, modulating_base)  # no log2(0) or 0 / 0
+                modulating = tl.where(is_zero, 0.0, tl.exp2(gamma * log2(safe_base, APPROX)))
+                slope_x = (gamma - 2.0 * gamma * t) * (sigma_product / safe_base) * modulating
+                slope_t = (cross_entropy / safe_base) * modulating
+            loss = cross_entropy * modulating
+            if HAS_ALPHA:
+                class_weight = (1.0 - alpha) + (2.0 * alpha - 1.0) * t
+                loss = class_weight * loss
+            if COMPUTE_GRAD:
+                grad = d_cross_entropy * modulating
+                if GAMMA_INT != 0:
+                    grad += cross_entropy * slope_x
+                if HAS_ALPHA:
+                    grad = class_weight * grad
+            if COMPUTE_TARGET_GRAD:
+                grad_t = -x * modulating
+                if GAMMA_INT != 0:
+                    grad_t += gamma * slope_t * (sigma_neg - sigma_pos)
+                if HAS_ALPHA:
+                    grad_t = (
+                        class_weight * grad_t + (2.0 * alpha - 1.0) * cross_entropy * modulating
+                    )
+                # torchvision at x = +inf, where its cross-entropy is infinite: for gamma > 0
+                # its autograd multiplies sigmoid's derivative there, 0, by it, and with alpha it
+                # adds the alpha t and (1 - alpha)(1 - t) paths separately, +inf and -inf: either
+                # way the target gradient is nan. (At x = -inf ce is nan already, and the input
+                # gradient is inf x 0 or nan at both.)
+                if GAMMA_INT != 0 or HAS_ALPHA:
+                    grad_t = tl.where(x == float("inf"), float("nan"), grad_t)
+        else:
+            # loss = w [(1 - t) sp(x) + pw t sp(-x)]: torch's (1 - t) x + (1 + (pw - 1) t) sp(-x)
+            # with x = sp(x) - sp(-x), which cancels nothing for hard targets.
+            # dL/dx = w [(1 - t) sigma(x) - pw t sigma(-x)]   (sigma(x) - t when pw = 1)
+            # dL/dt = w [pw sp(-x) - sp(x)] = w [(pw - 1) sp(-x) - x]: exactly -x without
+            # pos_weight, where the first form would cancel to an absolute error of ulp(log 2)
+            # near x = 0.
+            positive_slope = t * sigma_neg
+            if HAS_POS_WEIGHT:
+                pos_weight = _load_broadcast(
+                    pos_weight_ptr,
+                    offsets,
+                    mask,
+                    block_start,
+                    pos_weight_inner,
+                    pos_weight_period,
+                    POS_WEIGHT_BROADCAST,
+                    BLOCK,
+                    FP64,
+                )
+                loss = (1.0 - t) * softplus_pos + pos_weight * (t * softplus_neg)
+                positive_slope = pos_weight * positive_slope
+            else:
+                # (1 - t) sp(x) + t sp(-x); log1p(e) is in the excess instead when LOG_OF_PRODUCT.
+                loss = hinge + log1p_e
+            if COMPUTE_GRAD:
+                grad = (1.0 - t) * sigma_pos - positive_slope
+            if COMPUTE_TARGET_GRAD:
+                grad_t = -x
+                if HAS_POS_WEIGHT:
+                    grad_t += (pos_weight - 1.0) * softplus_neg
+            if HAS_WEIGHT:
+                weight = _load_broadcast(
+                    weight_ptr,
+                    offsets,
+                    mask,
+                    block_start,
+                    weight_inner,
+                    weight_period,
+                    WEIGHT_BROADCAST,
+                    BLOCK,
+                    FP64,
+                )
+                loss = weight * loss
+                if COMPUTE_GRAD:
+                    grad = weight * grad
+                if COMPUTE_TARGET_GRAD:
+                    grad_t = weight * grad_t
+
+        if REDUCTION != 0:
+            # The gradients scaled as backward scales them by upstream x scale: at an upstream
+            # of 1 the two round alike, bit for bit.
+            loss_sum += loss  # 0 in masked lanes
+            if COMPUTE_GRAD:
+                grad = grad * scale
+            if COMPUTE_TARGET_GRAD:
+                grad_t = grad_t * scale
+        elif COMPUTE_GRAD or COMPUTE_TARGET_GRAD:
             if UPSTREAM_IS_SCALAR:
                 upstream = to_compute_dtype(tl.load(upstream_ptr), FP64) * scale
             else:
@@ -350,17 +422,16 @@ def _sigmoid_loss_kernel(
                 grad_t = grad_t * upstream
         else:
             tl.store(loss_ptr + offsets, loss, mask=mask)
-    else:
-        partial_sum = tl.sum(tl.where(mask, loss * scale, 0.0), axis=0)
-        tl.store(loss_ptr + tl.program_id(0), partial_sum)
         if COMPUTE_GRAD:
-            grad = grad * scale
+            tl.store(grad_input_ptr + offsets, grad, mask=mask)
         if COMPUTE_TARGET_GRAD:
-            grad_t = grad_t * scale
-    if COMPUTE_GRAD:
-        tl.store(grad_input_ptr + offsets, grad, mask=mask)
-    if COMPUTE_TARGET_GRAD:
-        tl.store(grad_target_ptr + offsets, grad_t, mask=mask)
+            tl.store(grad_target_ptr + offsets, grad_t, mask=mask)
+    if REDUCTION != 0:
+        share = tl.sum(loss_sum, axis=0)
+        if LOG_OF_PRODUCT:
+            share += tl.sum(log1p(excess, APPROX), axis=0)
+        share = share * tl.sum(scale, axis=0)  # scale is a (1,) tensor
+        finish_reduction(partials_ptr, workspace_ptr, loss_ptr, share)
 
 
 @dataclass(frozen=True)
@@ -484,19 +555,26 @@ def _launch(
 ) -> None:
     """Run the kernel over contiguous ``input`` and ``target`` (n elements, n > 0).
 
-    Forward (``upstream`` None): writes ``loss`` (the elementwise loss for "none", one partial
-    sum per program for "mean"/"sum") and, for "mean"/"sum", ``grad`` and ``grad_target`` when
-    given. Backward (``upstream`` given, one element or n): writes the gradients given, times
-    the upstream (and 1/n for "mean"), no loss; with ``skip_if_upstream_is_one`` every program
-    leaves at once when the one-element upstream is 1.
+    Forward (``upstream`` None): writes ``loss`` (the elementwise loss for "none", the () loss
+    for "mean"/"sum", summed in the launch from one share per program) and, for "mean"/"sum",
+    ``grad`` and ``grad_target`` when given. Backward (``upstream`` given, one element or n):
+    writes the gradients given, times the upstream (and 1/n for "mean"), no loss; with
+    ``skip_if_upstream_is_one`` every program leaves at once when the one-element upstream is 1.
 
     # I/O: read n x + n t (+ n weight for a full-shape weight) once; then
     #   "none" forward: write n loss;   backward: read n (or 1) upstream, write n grad (+ n t-grad);
-    #   "mean"/"sum": write n / BLOCK partials, with gradients also write n grad (+ n t-grad).
+    #   "mean"/"sum": write n / PROGRAM_ELEMENTS shares (read again by the last program) and the
+    #   scalar loss, with gradients also write n grad (+ n t-grad).
     """
     n_elements = input.numel()
     backward = upstream is not None
-    n_programs = triton.cdiv(n_elements, BLOCK)
+    n_programs = triton.cdiv(n_elements, PROGRAM_ELEMENTS)
+    fp64 = compute_dtype(torch.promote_types(input.dtype, target.dtype)) == torch.float64
+    partials = workspace = None
+    if options.reduction != "none" and not backward:
+        dtype = torch.float64 if fp64 else torch.float32
+        partials = torch.empty(n_programs, dtype=dtype, device=input.device)
+        workspace = launch_workspace(input.device)
     _sigmoid_loss_kernel[(n_programs,)](
         input,
         target.view(torch.uint8) if target.dtype == torch.bool else target,
@@ -506,6 +584,8 @@ def _launch(
         loss,
         grad,
         grad_target,
+        partials,
+        workspace,
         n_elements,
         options.weight.inner,
         options.weight.period,
@@ -514,6 +594,8 @@ def _launch(
         options.alpha,
         options.gamma,
         BLOCK=BLOCK,
+        STEPS=STEPS,
+        GROUP=16 // input.element_size(),  # elements in one 16-byte access of logits
         # Backward runs the elementwise mode whatever the reduction: 'mean' is in the scale.
         REDUCTION=0 if backward else REDUCTION_CODES[options.reduction],
         COMPUTE_GRAD=grad is not None,
@@ -528,7 +610,8 @@ def _launch(
         GAMMA_INT=_constant_gamma(options.gamma),
         MEAN=options.reduction == "mean",
         SKIP_IF_UPSTREAM_ONE=skip_if_upstream_is_one,
-        FP64=compute_dtype(torch.promote_types(input.dtype, target.dtype)) == torch.float64,
+        FP64=fp64,
+        APPROX=APPROXIMATE_MATH and not fp64,
         num_warps=NUM_WARPS,
     )
 
@@ -658,10 +741,8 @@ class _SigmoidLossFunction(torch.autograd.Function):
         if in_forward and options.compute_target_grad:
             grad_target = torch.empty_like(contiguous_target)
         if reduced:
-            # One partial sum per program, in the compute dtype.
-            dtype = compute_dtype(torch.promote_types(input.dtype, target.dtype))
-            n_programs = -(-n_elements // BLOCK)
-            loss = torch.empty(n_programs, dtype=dtype, device=input.device)
+            # Written by the launch, which adds its programs' shares (scaled for "mean").
+            loss = torch.empty((), dtype=loss_dtype, device=input.device)
         else:
             loss = torch.empty(input.shape, dtype=loss_dtype, device=input.device)
         if n_elements:
@@ -686,9 +767,7 @@ class _SigmoidLossFunction(torch.autograd.Function):
             # torch's empty mean is nan, its empty sum 0.
             empty_value = math.nan if options.reduction == "mean" else 0.0
             return torch.full((), empty_value, dtype=loss_dtype, device=input.device)
-        # The partial sums are already scaled by 1/numel for "mean": one small torch reduction,
-        # deterministic (no atomics), still on the device.
-        return loss.sum().to(loss_dtype)
+        return loss
 
     @staticmethod
     def backward(

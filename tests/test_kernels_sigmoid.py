@@ -20,7 +20,7 @@ from torch import Tensor
 import lossbench.kernels.sigmoid as kernel_module
 from lossbench.kernels._common import KERNEL_DEVICE
 from lossbench.kernels.sigmoid import (
-    BLOCK,
+    PROGRAM_ELEMENTS,
     BCEWithLogitsLoss,
     SigmoidFocalLoss,
     binary_cross_entropy_with_logits,
@@ -333,9 +333,10 @@ def test_non_contiguous_inputs(focal: bool, reduction: str) -> None:
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_one_element_past_a_block(reduction: str) -> None:
-    """BLOCK + 1 elements: a second program holding one element, with a (C,) pos_weight."""
-    shape = (BLOCK + 1,)
+def test_one_element_past_a_program(reduction: str) -> None:
+    """PROGRAM_ELEMENTS + 1 elements: a second program holding one element in the first of its
+    steps, with a pos_weight of the input's shape."""
+    shape = (PROGRAM_ELEMENTS + 1,)
     assert_matches_reference(
         binary_cross_entropy_with_logits,
         reference.binary_cross_entropy_with_logits,
