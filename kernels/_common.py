@@ -184,6 +184,24 @@ LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
 
+# The interpreter's flag, for kernels: see ``exp``.
+_INTERPRETED: tl.constexpr = tl.constexpr(INTERPRETED)
+
+
+@triton.jit
+def exp(t):
+    """exp(t). Compiled in fp32, ex2.approx.ftz of t log2(e): what tl.exp compiles to for fp32
+    (ex2.approx of the same product), less the handling of denormal results that its non-ftz
+    ex2 costs in SASS. In fp64 (libdevice's exact exp) and in the interpreter, tl.exp: numpy's
+    exp is exact where exp2 of the rounded product is not, and the CPU tests keep their margin.
+    """
+    if _INTERPRETED:
+        return tl.exp(t)
+    if t.dtype == tl.float64:
+        return tl.exp(t)
+    return tl.exp2(t * LOG2E)
+
+
 @triton.jit
 def reciprocal(x, APPROX: tl.constexpr = False):
     """1 / x for a positive normal fp32 x: rsqrt(x)^2 (two instructions, relative error below

@@ -76,13 +76,13 @@ from lossbench.kernels._common import (
     check_no_gradient_wanted,
     multiprocessor_count,
 )
+from lossbench.kernels._common import expm1 as _expm1
+from lossbench.kernels._common import log1p as _log1p
 from lossbench.kernels.softmax import (
     _class_weights,
-    _expm1,
     _fold_chunk,
     _gradient_coefficients,
     _inverse_denominators,
-    _log1p,
     _LossOptions,
     _row_terms,
 )

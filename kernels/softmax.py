@@ -67,11 +67,11 @@ from lossbench.kernels._common import (
     CLAIMED_CHUNKS,
     FINISHED_CHUNKS,
     INTERPRETED,
-    LOG2E,
     REDUCTION_CODES,
     check_first_order,
     check_kernel_device,
     check_no_gradient_wanted,
+    exp,
     expm1,
     finish_reduction,
     launch_workspace,
@@ -269,7 +269,7 @@ def _exponentials(x, finite_max):
     x = -inf, e = 0.
     """
     t = x - finite_max[:, None]
-    e = tl.exp2(t * LOG2E)
+    e = exp(t)
     return e, tl.where(t < 0.0, e, 0.0)
 
 
@@ -332,7 +332,7 @@ def _fold_chunk(
     # A new max (in this chunk) turns the old 1 + rest into (1 + rest) e^(m_old - m_new), and
     # this chunk's own rest (one of its classes at the new max left out) joins it; otherwise the
     # chunk's classes all add to rest, a class tied with the max adding its 1.
-    rescaled = (1.0 + rest) * tl.exp2((row_max - finite_max) * LOG2E)
+    rescaled = (1.0 + rest) * exp(row_max - finite_max)
     rest = tl.where(chunk_max > row_max, rescaled + _rest(below, total), rest + total)
     if LABEL_SMOOTHING:
         smooth, weight_seen = _fold_gaps(
@@ -394,7 +394,7 @@ def _row_terms(
         zero_power = tl.where(gamma == 0.0, 1.0, 0.0)  # 0^g
         modulating = tl.where(has_mass, tl.exp2(gamma * log2(safe_base, APPROX)), zero_power)
         finite_log_p = tl.where(log_p == float("-inf"), 0.0, log_p)
-        p = tl.exp2(finite_log_p * LOG2E)
+        p = exp(finite_log_p)
         p_log_ratio = tl.where(has_mass, p * finite_log_p / safe_base, -1.0)
         alpha = target_weight * focal_alpha
         loss = alpha * modulating * nll * scale_count
@@ -440,7 +440,7 @@ def _gradient_coefficients(true_coef, prob_coef, class_coef, p_minus_one, log_su
     target_value = tl.where(
         computed, true_coef * p_minus_one + prob_coef * (1.0 + p_minus_one), fill
     )
-    prob_scale = tl.where(computed, (true_coef + prob_coef) * tl.exp2(-log_sum * LOG2E), fill)
+    prob_scale = tl.where(computed, (true_coef + prob_coef) * exp(-log_sum), fill)
     class_coef = tl.where(computed, class_coef, fill)
     return prob_scale, target_value, class_coef
 
