@@ -1,8 +1,9 @@
 """SUMMARY.md of a results folder, and the headline table the terminal shows at the end of a run.
 
 Drawn from the benchmarks CSV alone (``case_table``): the headline speedups, the best
-implementation per shape, the linear cross-entropy's table beside the figures CCE published,
-the agreement verdicts, the cases that raised and those skipped.
+implementation per shape, the measured fractions of copy beside the static estimates (where
+results/sm90-static/static.csv holds the case), the linear cross-entropy's table beside the
+figures CCE published, the agreement verdicts, the cases that raised and those skipped.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 
 from lossbench.bench.cases import LINEAR_LOSS
 from lossbench.bench.results import NOISY_SPREAD, case_table
+from lossbench.bench.static.beside import estimates_beside_measured
 
 
 def _provenance_line(frame) -> str:
@@ -186,6 +188,7 @@ def summary_markdown(frame) -> str:
             )
         header = ["loss", "dtype", "pass", "N x C", "best", "ms", "GB/s", "of copy"]
         lines += [markdown_table([*header, "speedup over torch eager"], rows), ""]
+    lines += estimates_beside_measured(wide)
     lines += _linear_section(wide)
     lines += _agreement_section(wide)
     lines += _noted_section(frame, "error", "Cases that raised an exception")

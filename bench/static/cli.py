@@ -15,10 +15,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lossbench.bench.cases import DTYPES, LOSSES
+from lossbench.bench.cases import DTYPES
 from lossbench.bench.provenance import PROVENANCE_COLUMNS, REPOSITORY_ROOT
 from lossbench.bench.selection import names_argument, sizes_argument
-from lossbench.bench.static.cases import DEFAULT_DTYPES, SIGMOID_TARGETS, default_cases
+from lossbench.bench.static.cases import (
+    DEFAULT_DTYPES,
+    SIGMOID_TARGETS,
+    STATIC_LOSSES,
+    default_cases,
+)
 
 STATIC_CSV = "static.csv"
 STATIC_PNG = "static.png"
@@ -47,7 +52,12 @@ _PRINTED = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--losses", type=names_argument(LOSSES, "loss"), default=tuple(LOSSES))
+    parser.add_argument(
+        "--losses",
+        type=names_argument(STATIC_LOSSES, "loss"),
+        default=STATIC_LOSSES,
+        help="losses of logits (the linear loss is not analysed yet)",
+    )
     parser.add_argument("--dtypes", type=names_argument(DTYPES, "dtype"), default=DEFAULT_DTYPES)
     parser.add_argument("--batch-sizes", type=sizes_argument("batch sizes"), default=None)
     parser.add_argument("--class-counts", type=sizes_argument("class counts"), default=None)
