@@ -115,11 +115,13 @@ from lossbench.reference._checks import (
 # spread over 32 elements per thread; "mean" and "sum" keep numel / 8192 shares (0.01 % of an
 # fp32 gradient). Triton's interpreter runs the same code in two steps of 256 elements: it
 # executes every operation of every step in Python, masked lanes included, and the tests' inputs
-# are small.
+# are small. float64 runs one step per program: four unrolled fp64 steps, with a weight, a
+# pos_weight and a target gradient, spill 1 KiB per thread on sm_90 (one step fits in registers).
 NUM_WARPS = 8
 STEPS = 2 if INTERPRETED else 4
+FP64_STEPS = 1
 BLOCK = 256 if INTERPRETED else NUM_WARPS * 32 * 8
-PROGRAM_ELEMENTS = STEPS * BLOCK
+PROGRAM_ELEMENTS = STEPS * BLOCK  # below float64
 
 # Integer gammas up to this value are compile-time constants: (1 - p_t) ** 2 (the default) costs
 # one multiply instead of a log2 and an exp2, which matters where the kernel must stay memory-bound.
@@ -563,13 +565,14 @@ def _launch(
 
     # I/O: read n x + n t (+ n weight for a full-shape weight) once; then
     #   "none" forward: write n loss;   backward: read n (or 1) upstream, write n grad (+ n t-grad);
-    #   "mean"/"sum": write n / PROGRAM_ELEMENTS shares (read again by the last program) and the
+    #   "mean"/"sum": write n / (STEPS x BLOCK) shares (read again by the last program) and the
     #   scalar loss, with gradients also write n grad (+ n t-grad).
     """
     n_elements = input.numel()
     backward = upstream is not None
-    n_programs = triton.cdiv(n_elements, PROGRAM_ELEMENTS)
     fp64 = compute_dtype(torch.promote_types(input.dtype, target.dtype)) == torch.float64
+    steps = FP64_STEPS if fp64 else STEPS
+    n_programs = triton.cdiv(n_elements, steps * BLOCK)
     partials = workspace = None
     if options.reduction != "none" and not backward:
         dtype = torch.float64 if fp64 else torch.float32
@@ -594,7 +597,7 @@ def _launch(
         options.alpha,
         options.gamma,
         BLOCK=BLOCK,
-        STEPS=STEPS,
+        STEPS=steps,
         GROUP=16 // input.element_size(),  # elements in one 16-byte access of logits
         # Backward runs the elementwise mode whatever the reduction: 'mean' is in the scale.
         REDUCTION=0 if backward else REDUCTION_CODES[options.reduction],
