@@ -151,7 +151,8 @@ def prepare_call(case: StaticCase) -> Callable[[], None]:
     class weight; a softmax focal loss's alpha tensor), ``pos_weight=True`` (of the logits'
     shape), ``target_grad=True`` (a float target that requires grad), ``vocab_parallel=True``
     (the logits are rank 0's slice of twice as many classes, in a fake two-rank process group
-    whose collectives do nothing: kernels.vocab_parallel), and keyword arguments of the loss.
+    whose collectives do nothing: kernels.vocab_parallel), ``upstream=g`` (the upstream
+    gradient's value instead of 1, a loss scale's say), and keyword arguments of the loss.
     """
     from lossbench import kernels
 
@@ -174,9 +175,13 @@ def prepare_call(case: StaticCase) -> Callable[[], None]:
     if arguments.pop("pos_weight", False):
         arguments["pos_weight"] = torch.rand(case.shape, dtype=dtype)
     function = getattr(kernels, case.loss)
+    upstream_value = float(arguments.pop("upstream", 1.0))
     upstream = None
     if case.reduction == "none":
-        upstream = torch.ones(target.shape if case.family == "softmax" else case.shape, dtype=dtype)
+        loss_shape = target.shape if case.family == "softmax" else case.shape
+        upstream = torch.full(loss_shape, upstream_value, dtype=dtype)
+    elif upstream_value != 1.0:
+        upstream = torch.tensor(upstream_value, dtype=dtype)
 
     def call() -> None:
         logits.grad = target.grad = None  # a fresh gradient each call, as the harness's

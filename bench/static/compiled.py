@@ -54,7 +54,7 @@ class LaunchFacts:
     grid: int
     num_warps: int
     registers: int
-    spill_bytes: int
+    spill_bytes: int  # the stack frame ptxas spills into
     shared_bytes: int
     static_instructions: int
     warp_instructions: float  # executed per launch, all programs
@@ -62,6 +62,7 @@ class LaunchFacts:
     accesses: list[Access] = field(default_factory=list)
     tensor_accesses: list[TensorAccess] = field(default_factory=list)
     loops: list[str] = field(default_factory=list)  # "file:line xN" per SASS loop, for reading
+    loop_spills: int = 0  # spill stores and loads (STL, LDL) inside a SASS loop
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -210,6 +211,7 @@ def launch_facts(
     names, pointers = _kernel_arguments(compiled.asm["ttgir"])
     offsets = sass.parameter_offsets(compiled.asm["ptx"])
     total = 0.0
+    loop_spills = 0
     opcodes: Counter[str] = Counter()
     accesses: Counter[tuple[str, str, int]] = Counter()
     for position, instruction in enumerate(instructions):
@@ -221,6 +223,7 @@ def launch_facts(
             if loop.contains(instruction):
                 factor = factor * _count(region, evaluator, files[region.file])
                 locations.append((region.file, region.first_line))
+                loop_spills += instruction.base in ("STL", "LDL")
         factor = factor * _multiplier(tuple(locations), regions, files, evaluator, ("if", "rest"))
         per_program = float(np.mean(np.broadcast_to(factor, (grid,))))
         total += per_program
@@ -284,4 +287,5 @@ def launch_facts(
         ],
         tensor_accesses=tensor_accesses,
         loops=described,
+        loop_spills=loop_spills,
     )

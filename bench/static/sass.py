@@ -66,8 +66,9 @@ class Loop:
 
 @dataclass(frozen=True)
 class ResourceUsage:
-    """What the compiler fixed for one thread: registers, and local memory (spills: these
-    kernels have no local arrays). Shared memory is the launch's (Triton's metadata)."""
+    """What the compiler fixed for one thread: registers, and local memory: its stack frame,
+    where ptxas spills registers (these kernels call no functions), and any local arrays (none
+    in these kernels). Shared memory is the launch's (Triton's metadata)."""
 
     registers: int
     local_bytes: int
@@ -162,12 +163,14 @@ def loops(instructions: list[Instruction]) -> list[Loop]:
 
 
 def resource_usage(cubin: bytes) -> ResourceUsage:
-    """Registers and local bytes of the cubin's one kernel (cuobjdump -res-usage)."""
+    """Registers and local bytes of the cubin's one kernel (cuobjdump -res-usage): STACK, the
+    frame ptxas spills into (its log's "bytes stack frame"), plus LOCAL."""
     text = _run_on_cubin("cuobjdump", ["-res-usage"], cubin)
-    match = re.search(r"REG:(\d+) STACK:\d+ SHARED:\d+ LOCAL:(\d+)", text)
+    match = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", text)
     if not match:
         raise DisassemblyError(f"no resource usage in cuobjdump's output:\n{text[-2000:]}")
-    return ResourceUsage(registers=int(match.group(1)), local_bytes=int(match.group(2)))
+    local_bytes = int(match.group(2)) + int(match.group(3))
+    return ResourceUsage(registers=int(match.group(1)), local_bytes=local_bytes)
 
 
 # --- Which kernel argument a load or store goes through --------------------------------------
