@@ -8,8 +8,10 @@ specialisation included) instead of run: what is compiled is exactly what would 
 dtypes and constexprs alike. ptxas's log gives the registers and spills of each.
 
 The cases cover each code path once, with the heaviest options where registers are tight (see
-``CASES``). On a machine with a GPU the other tests compile and run every kernel, so this one
-skips there; it also skips when this Triton has no NVIDIA backend or ptxas.
+``CASES``). tests/test_kernels_budgets.py holds the losses of logits to issue 10's budgets
+(instructions per element, occupancy, access widths, launches) through the static analyser.
+On a machine with a GPU the other tests compile and run every kernel, so this one skips there;
+it also skips when this Triton has no NVIDIA backend or ptxas.
 """
 
 from __future__ import annotations
@@ -166,8 +168,9 @@ def _linear_case(
     return run
 
 
-# Sizes pick the launcher's paths: 1024 x 10 stacks 256 rows per program; 16384 classes is the
-# longest row held in registers (32 warps, at the 64-register limit with every option on);
+# Sizes pick the launcher's paths: 1024 x 10 holds two whole rows per thread (256 rows per
+# program); 16384 classes is the longest row held in registers (8 warps, 64 values per thread,
+# capped at 128 registers with every option on);
 # 32000 (a language model's vocabulary) runs the chunked online softmax; (2, 19, 8, 8) is
 # (N, C, H, W) with 19 Cityscapes classes. Probability targets hold two tiles per row: 8192
 # classes is their longest row in registers (PROBABILITY_MAX_FUSED_C). fp64 runs every path in
