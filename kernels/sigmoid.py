@@ -19,9 +19,12 @@ How the reductions move memory (the whole point of fusing):
   ``loss.backward()`` passes): no traffic, no host sync. Any other upstream recomputes the
   gradients from the saved input and target with it folded in (read x, t; write the gradient),
   so that a 16-bit gradient is rounded once, never stored and then scaled and rounded again;
-  a second backward (``retain_graph=True``, gradcheck) recomputes them likewise. Extra memory:
-  the gradient and one partial sum per program (numel / 2048 of them: 0.05 % of an fp32
-  gradient); the loss keeps a reference to its input and target until backward. The gradient
+  a second backward (``retain_graph=True``, gradcheck) recomputes them likewise. The loss is
+  summed in the same launch: each program writes its share and the last to finish adds them
+  (``kernels._common.finish_reduction``), so a ``loss.backward()`` call is three device launches
+  (this kernel, autograd's ones_like, this kernel again). Extra memory: the gradient and one
+  share per program (numel / 8192 of them, numel / 2048 in fp64: 0.01 % of an fp32 gradient);
+  the loss keeps a reference to its input and target until backward. The gradient
   is written whenever grad mode is on and the input requires grad, whether or not backward
   follows: evaluate under ``torch.no_grad()`` to read the inputs only. Under torch.compile the
   gradients are computed in backward instead, as for "none" (see kernels/softmax.py).
@@ -52,8 +55,9 @@ first: + 3 W per element (the copy written, then read by the kernel, plus W for 
 source read). A non-contiguous input or target is copied to a contiguous one first: + 2 X or
 + 2 T per element.
 
-Dtypes: logits fp32, fp16, bf16 or fp64; arithmetic in fp32, or in fp64 when the logits or the
-target are fp64 (so that torch.autograd.gradcheck works); the input gradient in the input's
+Dtypes: logits fp32, fp16, bf16 or fp64; arithmetic in fp32 (its logarithms and reciprocal in
+the fast forms of kernels/_common.py, ``APPROX``), or in fp64 when the logits or the target are
+fp64 (so that torch.autograd.gradcheck works); the input gradient in the input's
 dtype. Targets: any float dtype (soft targets welcome), bool, or uint8 (read as its numeric
 value, as ``target.float()`` would be: 0/1 labels expected; a check would need a host sync). The
 loss dtype is torch's: the target's dtype for BCE with a float target (torch computes in place

@@ -17,19 +17,41 @@ again, and its programs leave at once when the upstream gradient is 1 (what ``lo
 passes): no traffic. Any other upstream gradient rewrites the gradient from the saved logits and
 row statistics with the upstream folded in, so that it is rounded once (a stored 16-bit gradient
 multiplied in place would be rounded twice). So forward+backward reads the logits once and
-writes the gradient once, with no host synchronisation: the 'mean' denominator is reduced on the
-device before the launch and read by pointer. The loss keeps a reference to its logits until
+writes the gradient once, with no host synchronisation, in one launch: its programs sum the
+'mean' denominator over the targets first (``_mean_denominators``) and the loss last
+(``kernels._common.finish_reduction``). With ``loss.backward()`` a call is three device
+launches: this kernel, autograd's ones_like for the upstream gradient, and this kernel again,
+whose programs find that upstream to be 1. The loss keeps a reference to its logits until
 backward; inplace_backward=True writes the gradient over them instead (no memory beyond O(N)),
 and then an upstream gradient other than 1 scales it in place (``_common.scale_unless_one_``),
 rounding it a second time.
 
-Paths, chosen from C (constants below):
+Paths, chosen from C (constants below; ``lossbench static`` shows what each compiles to):
 
-- C <= MAX_FUSED_C: each program holds ROWS_PER_PROGRAM whole rows in registers (many rows when C
-  is small: 1M x 10 runs as 4096 programs of 256 rows, not 1M programs of one short row).
+- C <= SMALL_C: each thread holds two whole rows (C a compile-time constant, no padding lanes),
+  so a row's max, sums and per-row math run once per row, not once per thread sharing it; 1M x 10
+  runs as 4096 programs of 256 rows.
+- C <= MAX_FUSED_C: a row sits in registers as SPAN-wide tiles spread over at most
+  MAX_THREADS_PER_ROW threads, at least ROW_VALUES_PER_THREAD classes each, several rows per
+  program when C is small. 16-byte accesses whenever the launcher proves the rows allow them
+  (``_alignment``; C = 1000 included).
 - C > MAX_FUSED_C: one row per program, an online softmax over CHUNK_C-wide chunks (running max,
-  rescaled sum), then a second pass that writes the gradient: the logits are read twice, the
+  rescaled sums), then a second pass that writes the gradient: the logits are read twice, the
   second time last chunk first, so that the most recently read chunks are still in L2.
+
+Above MAX_FUSED_C the second read is the design's one extra cost: 1.5x the ideal traffic for bf16
+(2 reads and a write of the logits' size, against 1 and 1). How much of it hits L2 depends on the
+rows in flight: at four programs of one row per SM, 528 rows of 32768 bf16 classes are 33 MiB and
+fit in an H200's 50 MiB L2, 528 rows of 131072 classes (132 MiB) do not, so most of their second
+read comes from DRAM. Not measured (no GPU was available). What to try on a GPU, in order:
+
+- fewer resident rows, so that the second read hits L2: one program per SM (a grid of 132
+  persistent programs, each looping over rows) holds 132 rows, 33 MiB at 131072 classes;
+- the single-read design: a row split across the CTAs of a thread-block cluster (sm_90: up to 16),
+  each holding its slice in registers, exchanging the slices' (max, sum) through distributed
+  shared memory and a cluster barrier, then writing its slice's gradient. One read and one write
+  at any C, but it needs cluster barriers and DSMEM, which Triton's tl language does not expose
+  (Gluon, or CUDA); compare it against the two-read kernel at 32768 and 131072 classes.
 
 reduction='none' cannot fold its upstream gradient into the forward pass: forward saves each row's
 max and log-sum (O(N)) and backward recomputes p from the logits and scales each row by its own
@@ -46,7 +68,8 @@ below the max, so that p_y close to 1 keeps its precision (the bf16 cancellation
 softmax(x_y) - 1). p_j = exp(x_j - m) / sum, never exp(x_j - lse): with logits near 1e4, lse
 carries an absolute error of 1e-3 and exp(x_j - lse) a relative one. Non-finite logits give
 torch's results (see reference/softmax.py): a row with +inf, or with no finite logit, is nan,
-loss and gradient; -inf elsewhere is a masked class.
+loss and gradient; -inf elsewhere is a masked class. In fp32 the logarithms, the reciprocals and
+the focal power take the fast forms of kernels/_common.py (``APPROX``; their error bounds there).
 
 Every launch is a torch.library custom op (below the launchers): torch.compile sees opaque ops
 and traces the rest without a graph break, and forward and backward capture in a CUDA graph.
