@@ -19,8 +19,8 @@ or on a comment line just above it::
 
 The count is a Python expression over the kernel's arguments (constexprs included), the
 assignments above it in the kernel, ``tl.cdiv``, ``tl.program_id(0)``, ``tl.num_programs(0)``,
-and ``upstream_is_one`` (True: the analysed calls run ``loss.backward()``, whose upstream
-gradient is 1). An ``if`` without such a comment counts as taken; a loop the analyser cannot
+and ``upstream_is_one`` (whether the launch's upstream gradient is 1, as ``loss.backward()``
+passes it). An ``if`` without such a comment counts as taken; a loop the analyser cannot
 count is an error, not a guess.
 """
 
@@ -241,6 +241,16 @@ def _without_casts(expression: str) -> str:
     return ast.unparse(_DropCasts().visit(ast.parse(expression, mode="eval")))
 
 
+def _upstream_is_one(arguments: Mapping[str, object]) -> bool:
+    """Whether the launch's upstream gradient (``upstream_ptr``, or ``scale_ptr``) holds 1, read
+    from the tensor the call passed (the analysed calls run with real upstream values; a
+    full-shape upstream is uniform there); True for a launch without one."""
+    upstream = arguments.get("upstream_ptr", arguments.get("scale_ptr"))
+    if upstream is None or not hasattr(upstream, "reshape") or upstream.numel() == 0:
+        return True
+    return bool(upstream.reshape(-1)[0].item() == 1)
+
+
 class Evaluator:
     """Evaluates count expressions of one launch: its arguments, one value per program where an
     expression involves ``tl.program_id(0)``.
@@ -277,7 +287,7 @@ class Evaluator:
             "tl": language,
             "triton": SimpleNamespace(cdiv=language.cdiv),
             "_trips": _trips,
-            "upstream_is_one": True,
+            "upstream_is_one": _upstream_is_one(arguments),
             "min": np.minimum,
             "max": np.maximum,
             "math": math,
