@@ -122,6 +122,7 @@ class _Recorder:
         self.analysing = True  # False while a call only warms up: compile, analyse nothing
 
     def compile_instead_of_launch(self) -> None:
+        from torch.utils._python_dispatch import _disable_current_modes
         from triton.runtime.jit import JITFunction
 
         from lossbench.bench.static.compiled import launch_facts
@@ -143,7 +144,12 @@ class _Recorder:
             programs = 1
             for extent in size:
                 programs *= int(extent)
-            facts = launch_facts(compiled, arguments, programs, inspect.getsourcefile(kernel.fn))
+            # The analyser's own reads of the arguments (the upstream gradient's value) are not
+            # the call's: out of the counting mode.
+            with _disable_current_modes():
+                facts = launch_facts(
+                    compiled, arguments, programs, inspect.getsourcefile(kernel.fn)
+                )
             recorder.launches.append(("triton", facts.kernel))
             recorder.facts.append(facts.as_dict())
             return compiled
