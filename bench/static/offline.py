@@ -53,18 +53,20 @@ class OfflineCompileUnavailableError(RuntimeError):
 
 def compile_cases(cases: list[StaticCase], timeout_s: float = 1800) -> list[dict]:
     """Compile every case in a fresh subprocess; one record per case (``_analyse_case``)."""
-    environment = {**os.environ, "TRITON_INTERPRET": "0"}
-    completed = subprocess.run(
-        [sys.executable, "-m", "lossbench.bench.static.offline"],
-        input=json.dumps([case.as_dict() for case in cases]),
-        env=environment,
-        # Not the checkout: its folders (kernels/, bench/) must not shadow installed packages.
-        cwd=tempfile.gettempdir(),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout_s,
-    )
+    # An empty Triton cache: a cached cubin compiled from the same source in another checkout
+    # carries that checkout's file names in its line table, which the counts are read from.
+    with tempfile.TemporaryDirectory() as cache:
+        completed = subprocess.run(
+            [sys.executable, "-m", "lossbench.bench.static.offline"],
+            input=json.dumps([case.as_dict() for case in cases]),
+            env={**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": cache},
+            # Not the checkout: its folders (kernels/, bench/) must not shadow installed packages.
+            cwd=tempfile.gettempdir(),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout_s,
+        )
     if completed.returncode != 0:
         raise OfflineCompileError(
             f"the sm_90 compilation subprocess failed:\n{completed.stderr[-8000:]}"
