@@ -61,7 +61,7 @@ def test_agreement_catches_a_wrong_small_gradient_entry_in_bf16() -> None:
     logits[0] = torch.tensor([0.5, 0.4951, 0.0049, *[1e-13] * 4]).log()
     target[0] = 0
     logits, loss, grad = _loss_and_grad(functional.cross_entropy, logits.double(), target)
-    assert grad[0, 2] == pytest.approx(-grad[0, 0] / 100, rel=0.05)
+    assert grad[0, 2].item() == pytest.approx(-grad[0, 0].item() / 100, rel=0.05)
     wrong = grad.clone()
     wrong[0, 2] *= 2
     checked = agreement.check_agreement(

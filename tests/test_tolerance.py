@@ -33,7 +33,7 @@ def test_an_off_target_entry_wrong_by_100_percent_fails_in_bf16() -> None:
     logits = probabilities.log().requires_grad_()
     cross_entropy(logits, torch.tensor([0]), reduction="sum").backward()
     expected = logits.grad
-    assert expected[0, 2] == pytest.approx(-expected[0, 0] / 100, rel=0.03)
+    assert expected[0, 2].item() == pytest.approx(-expected[0, 0].item() / 100, rel=0.03)
     wrong = expected.clone()
     wrong[0, 2] *= 2
     wrong = wrong.to(torch.bfloat16)
