@@ -278,8 +278,8 @@ PRESETS: dict[str, Preset] = {
     # The CPU default: fp32 and bf16, class counts 10, 1000 and 32768 at small batches. Every
     # shape has over 4096 elements, past the size at which inductor's CPU code recompiles, so
     # compile costs 16 compilations (about 10 s each with a cold cache). `pytest bench/
-    # --benchmark-only` (with bench_convergence.py) took 3 min 52 s on 2 shared cores with a cold
-    # inductor cache, against a budget of 10 minutes.
+    # --benchmark-only` (with bench_convergence.py and the linear cases) took 3 min 50 s on an
+    # unloaded 2-core CPU with empty inductor and Triton caches, 2 min 24 s with warm ones.
     "quick": Preset(
         "quick",
         dtypes=("fp32", "bf16"),
