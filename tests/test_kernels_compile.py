@@ -276,45 +276,22 @@ def _compile_every_launch() -> dict[str, object]:
     Runs in the subprocess only: it replaces Triton's driver and patches the kernel modules.
     """
     import triton
-    from triton.backends import backends
-    from triton.backends.compiler import GPUTarget
 
-    try:
-        if "nvidia" not in backends:
-            return {"skip": "this Triton has no NVIDIA backend"}
-        triton.knobs.nvidia.ptxas.path  # noqa: B018 (raises when no ptxas is found)
-    except (AttributeError, RuntimeError) as error:
-        return {"skip": f"no ptxas for Triton {triton.__version__}: {error}"}
+    from lossbench.bench.static.offline import (
+        install_offline_driver,
+        let_launchers_take_cpu_tensors,
+        sm90_unavailable,
+    )
 
-    class OfflineDriver:
-        """What Triton's JIT asks of a driver before it compiles: a device, a stream, a target."""
-
-        def get_current_device(self) -> int:
-            return 0
-
-        def get_current_stream(self, device: int) -> int:
-            return 0
-
-        def get_current_target(self) -> GPUTarget:
-            return GPUTarget("cuda", 90, 32)  # H100/H200, 32 threads per warp
-
-    triton.runtime.driver.set_active(OfflineDriver())
+    if reason := sm90_unavailable():
+        return {"skip": reason}
+    install_offline_driver()
+    # The tensors live on the CPU while the launchers expect CUDA, and persistent grids see an
+    # H200's SMs.
+    let_launchers_take_cpu_tensors()
 
     from lossbench import kernels
     from lossbench.kernels import _common, linear, sigmoid, softmax, vocab_parallel  # noqa: F401
-
-    # The tensors live on the CPU while the launchers expect CUDA: skip the device check, and
-    # give the persistent grid of _scale_unless_one_kernel an H200's 132 SMs.
-    for module in (
-        kernels.softmax,
-        kernels.sigmoid,
-        kernels._common,
-        kernels.vocab_parallel,
-        kernels.linear,
-    ):
-        module.check_kernel_device = lambda **tensors: None
-    kernels._common.multiprocessor_count = lambda device: 132
-    kernels.linear.multiprocessor_count = lambda device: 132
 
     launches: list[dict[str, object]] = []
     current_case = [""]

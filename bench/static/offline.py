@@ -77,7 +77,23 @@ def compile_cases(cases: list[StaticCase], timeout_s: float = 1800) -> list[dict
     return records
 
 
-def _install_offline_driver() -> None:
+def sm90_unavailable() -> str | None:
+    """Why this Triton cannot compile for sm_90 here (no NVIDIA backend, no ptxas), or None."""
+    import triton
+    from triton.backends import backends
+
+    try:
+        if "nvidia" not in backends:
+            raise RuntimeError("this Triton has no NVIDIA backend")
+        triton.knobs.nvidia.ptxas.path  # noqa: B018 (raises when no ptxas is found)
+    except (AttributeError, RuntimeError) as error:
+        return f"Triton {triton.__version__} cannot compile for sm_90: {error}"
+    return None
+
+
+def install_offline_driver() -> None:
+    """Replace Triton's driver by one that answers "device 0, stream 0, target sm_90" without a
+    GPU, so that its JIT compiles for an H100/H200 (in a process of its own: for good)."""
     import triton
     from triton.backends.compiler import GPUTarget
 
@@ -96,7 +112,7 @@ def _install_offline_driver() -> None:
     triton.runtime.driver.set_active(OfflineDriver())
 
 
-def _let_launchers_take_cpu_tensors() -> None:
+def let_launchers_take_cpu_tensors() -> None:
     """The kernels' device check accepts the CPU, and persistent grids see an H200's SMs."""
     import importlib
     import pkgutil
@@ -246,20 +262,11 @@ def main() -> None:
     if os.environ.get("TRITON_INTERPRET") != "0":
         raise SystemExit("run through compile_cases: TRITON_INTERPRET must be 0")
     cases = [StaticCase.from_dict(data) for data in json.loads(sys.stdin.read())]
-    import triton
-    from triton.backends import backends
-
-    try:
-        if "nvidia" not in backends:
-            raise RuntimeError("this Triton has no NVIDIA backend")
-        triton.knobs.nvidia.ptxas.path  # noqa: B018 (raises when no ptxas is found)
-    except (AttributeError, RuntimeError) as error:
-        print(
-            json.dumps({"skip": f"Triton {triton.__version__} cannot compile for sm_90: {error}"})
-        )
+    if reason := sm90_unavailable():
+        print(json.dumps({"skip": reason}))
         return
-    _install_offline_driver()
-    _let_launchers_take_cpu_tensors()
+    install_offline_driver()
+    let_launchers_take_cpu_tensors()
     recorder = _Recorder()
     recorder.compile_instead_of_launch()
     records = [_analyse_case(case, recorder) for case in cases]
