@@ -2269,8 +2269,9 @@ def softmax_focal_loss(
 
 class CrossEntropyLoss(reference_softmax.CrossEntropyLoss):
     """Module form of :func:`cross_entropy`: the arguments and buffers of
-    reference.softmax.CrossEntropyLoss (torch's, less the deprecated ones), plus the fused
-    kernel's ``z_loss_scale`` and ``inplace_backward``."""
+    reference.softmax.CrossEntropyLoss (torch's, less the deprecated ones, with
+    ``process_group`` and ``class_offset``), plus the fused kernel's ``z_loss_scale`` and
+    ``inplace_backward``."""
 
     def __init__(
         self,
@@ -2281,12 +2282,16 @@ class CrossEntropyLoss(reference_softmax.CrossEntropyLoss):
         label_smoothing: float = 0.0,
         z_loss_scale: float = 0.0,
         inplace_backward: bool = False,
+        process_group: torch.distributed.ProcessGroup | None = None,
+        class_offset: int | None = None,
     ) -> None:
         super().__init__(
             weight,
             ignore_index=ignore_index,
             reduction=reduction,
             label_smoothing=label_smoothing,
+            process_group=process_group,
+            class_offset=class_offset,
         )
         self.z_loss_scale = z_loss_scale
         self.inplace_backward = inplace_backward
@@ -2301,6 +2306,8 @@ class CrossEntropyLoss(reference_softmax.CrossEntropyLoss):
             label_smoothing=self.label_smoothing,
             z_loss_scale=self.z_loss_scale,
             inplace_backward=self.inplace_backward,
+            process_group=self.process_group,
+            class_offset=self.class_offset,
         )
 
 

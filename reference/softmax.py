@@ -392,7 +392,8 @@ class CrossEntropyLoss(nn.Module):
     """Module form of :func:`cross_entropy`; ``weight`` is a buffer, as in torch's module.
 
     torch's deprecated ``size_average`` and ``reduce`` arguments are left out, so every argument
-    after ``weight`` is keyword-only.
+    after ``weight`` is keyword-only. ``process_group`` and ``class_offset`` split the classes
+    over a group's ranks, as in :func:`cross_entropy` (``input`` is then this rank's slice).
     """
 
     weight: torch.Tensor | None
@@ -404,6 +405,8 @@ class CrossEntropyLoss(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
+        process_group: torch.distributed.ProcessGroup | None = None,
+        class_offset: int | None = None,
     ) -> None:
         super().__init__()
         check_reduction(reduction)
@@ -411,6 +414,8 @@ class CrossEntropyLoss(nn.Module):
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
+        self.process_group = process_group
+        self.class_offset = class_offset
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return cross_entropy(
@@ -420,11 +425,15 @@ class CrossEntropyLoss(nn.Module):
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
+            process_group=self.process_group,
+            class_offset=self.class_offset,
         )
 
 
 class SoftmaxFocalLoss(nn.Module):
-    """Module form of :func:`softmax_focal_loss`; a tensor ``alpha`` is a buffer, a float is not."""
+    """Module form of :func:`softmax_focal_loss`; a tensor ``alpha`` is a buffer, a float is not.
+    ``process_group`` and ``class_offset`` split the classes over a group's ranks, as in the
+    function."""
 
     def __init__(
         self,
@@ -432,6 +441,9 @@ class SoftmaxFocalLoss(nn.Module):
         gamma: float = 2.0,
         ignore_index: int = -100,
         reduction: str = "mean",
+        *,
+        process_group: torch.distributed.ProcessGroup | None = None,
+        class_offset: int | None = None,
     ) -> None:
         super().__init__()
         check_reduction(reduction)
@@ -444,11 +456,20 @@ class SoftmaxFocalLoss(nn.Module):
         self.gamma = gamma
         self.ignore_index = ignore_index
         self.reduction = reduction
+        self.process_group = process_group
+        self.class_offset = class_offset
 
     # kernels.SoftmaxFocalLoss swaps in the fused function; the arguments stay these.
     function = staticmethod(softmax_focal_loss)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.function(
-            input, target, self.alpha, self.gamma, self.ignore_index, self.reduction
+            input,
+            target,
+            self.alpha,
+            self.gamma,
+            self.ignore_index,
+            self.reduction,
+            process_group=self.process_group,
+            class_offset=self.class_offset,
         )

@@ -15,6 +15,7 @@ import traceback
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -374,6 +375,35 @@ def check_inplace_backward(me: Rank) -> None:
         assert_close(loss, expected, torch.float32, f"inplace {reduction} loss")
         assert_close(leaf.grad, expected_slice, torch.float32, f"inplace {reduction} gradient")
         assert_close(logits.detach(), expected_slice, torch.float32, f"{reduction}: over logits")
+
+
+@check
+def check_modules(me: Rank) -> None:
+    # The module forms take process_group and class_offset and give the functions' results.
+    sizes = me.sizes()
+    full = torch.randn(N_ROWS, sum(sizes)) * 2
+    target = _targets(sum(sizes), ignored=True)
+    local, offset = _slice(full, sizes, me.rank)
+    weight = _weight(sum(sizes))
+    alpha = weight / weight.max()
+    for package in (reference, fused):
+        split = {"process_group": me.group, "class_offset": offset}
+        cases = (
+            (
+                package.CrossEntropyLoss(weight, label_smoothing=0.1, **split),
+                partial(package.cross_entropy, weight=weight, label_smoothing=0.1, **split),
+            ),
+            (
+                package.SoftmaxFocalLoss(alpha, 1.5, **split),
+                partial(package.softmax_focal_loss, alpha=alpha, gamma=1.5, **split),
+            ),
+        )
+        for module, function in cases:
+            expected, expected_grad, _, upstream = loss_and_gradients(function, local, target)
+            loss, grad, _, _ = loss_and_gradients(module, local, target, upstream)
+            what = f"{type(module).__module__}.{type(module).__name__}"
+            torch.testing.assert_close(loss, expected, rtol=0, atol=0, msg=what)
+            torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0, msg=what)
 
 
 @check
