@@ -13,6 +13,7 @@ tokens N x hidden D x vocabulary V (``batch``, ``hidden``, ``classes``). Inputs 
 from __future__ import annotations
 
 import itertools
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -174,20 +175,25 @@ def make_inputs(
     initialisation. ``batch`` overrides the case's batch (agreement is checked on fewer rows in
     the interpreter, and for the linear loss wherever the float64 check would be too long).
     The inputs require a gradient for the forward_backward pass only.
+
+    The draw is seeded by the loss, dtype, shape and rows: every implementation and pass of a
+    case gets the same inputs, in every run, so that agreement errors and verdicts repeat.
     """
     rows = case.batch if batch is None else batch
     dtype = case.torch_dtype
+    seed = zlib.crc32(f"{case.loss}-{case.dtype}-{case.shape}-{rows}".encode())
+    draw = {"device": device, "generator": torch.Generator(device=device).manual_seed(seed)}
     if case.spec.family == "linear":
-        hidden = torch.randn(rows, case.hidden, device=device, dtype=dtype)
-        linear_weight = torch.randn(case.classes, case.hidden, device=device)
+        hidden = torch.randn(rows, case.hidden, dtype=dtype, **draw)
+        linear_weight = torch.randn(case.classes, case.hidden, **draw)
         inputs = (hidden, linear_weight.mul_(case.hidden**-0.5).to(dtype))
     else:
-        inputs = (torch.randn(rows, case.classes, device=device, dtype=dtype),)
+        inputs = (torch.randn(rows, case.classes, dtype=dtype, **draw),)
     if case.spec.family == "sigmoid":
         # Drawn in the logits' dtype: an int64 draw would take 8 bytes per label first.
-        target = torch.randint(0, 2, (rows, case.classes), device=device, dtype=dtype)
+        target = torch.randint(0, 2, (rows, case.classes), dtype=dtype, **draw)
     else:
-        target = torch.randint(0, case.classes, (rows,), device=device)
+        target = torch.randint(0, case.classes, (rows,), **draw)
     for tensor in inputs:
         tensor.requires_grad_(case.pass_ == "forward_backward")
     return inputs, target

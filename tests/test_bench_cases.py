@@ -95,6 +95,21 @@ def test_inputs_are_random_and_shaped_per_family() -> None:
     assert logits.shape == (2, 5) and target.shape == (2,) and not logits.requires_grad
 
 
+def test_inputs_repeat_for_every_implementation_and_pass_of_a_shape() -> None:
+    cpu = torch.device("cpu")
+    for loss in ("cross_entropy", "binary_cross_entropy_with_logits"):
+        case = Case(loss, "torch", "bf16", 6, 5, "forward_backward")
+        (logits,), target = make_inputs(case, cpu)
+        for same in (case, Case(loss, "triton", "bf16", 6, 5, "forward")):
+            (again,), again_target = make_inputs(same, cpu)
+            assert torch.equal(again, logits) and torch.equal(again_target, target)
+        (other,), _ = make_inputs(Case(loss, "torch", "bf16", 6, 7, "forward"), cpu)
+        assert not torch.equal(other[:, :5], logits)
+    case = Case("linear_cross_entropy", "torch", "fp32", 4, 9, "forward", 8)
+    first, second = make_inputs(case, cpu)[0], make_inputs(case, cpu)[0]
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
 def test_linear_inputs_give_standard_normal_logits() -> None:
     case = Case("linear_cross_entropy", "torch", "bf16", 256, 300, "forward_backward", 64)
     (hidden, linear_weight), target = make_inputs(case, torch.device("cpu"))
