@@ -46,8 +46,7 @@ IMPLEMENTATIONS = (
 FAMILY_IMPLEMENTATIONS: dict[str, tuple[str, ...]] = {
     "softmax": ("torch", "compile", "reference", "triton", "triton+compile", "liger"),
     "sigmoid": ("torch", "compile", "reference", "triton", "triton+compile", "liger"),
-    # triton+compile needs the linear kernel registered as a custom op, which it is not (yet).
-    "linear": tuple(impl for impl in IMPLEMENTATIONS if impl != "triton+compile"),
+    "linear": IMPLEMENTATIONS,
 }
 
 # Class-index targets are int64, as torch's cross_entropy wants them.
@@ -283,9 +282,8 @@ PRESETS: dict[str, Preset] = {
     ),
     # The CPU default: fp32 and bf16, class counts 10, 1000 and 32768 at small batches. Every
     # shape has over 4096 elements, past the size at which inductor's CPU code recompiles, so
-    # compile costs 16 compilations (about 10 s each with a cold cache). `pytest bench/
-    # --benchmark-only` (with bench_convergence.py and the linear cases) took 3 min 50 s on an
-    # unloaded 2-core CPU with empty inductor and Triton caches, 2 min 24 s with warm ones.
+    # compile costs 16 compilations (about 10 s each with a cold cache). The README states
+    # the preset's measured run time, cold and warm.
     "quick": Preset(
         "quick",
         dtypes=("fp32", "bf16"),
@@ -294,9 +292,7 @@ PRESETS: dict[str, Preset] = {
             "sigmoid": ((512, 10), (64, 1000), (512, 1000), (32, 32768)),
             # Small enough for the Triton interpreter, whose peak memory is measured (the
             # allocations are torch's, and real): tokens 64 to 1024 at 1024 classes, classes 256
-            # to 4096 at 256 tokens, hidden 32. Eager logits are then 0.25-4 MiB (fp32). Its 160
-            # cases took 1 min 4 s on the 2 shared cores (75 s of CPU), 5 min 0 s under a load
-            # average of 4-5 from other work: torch.compile's compilations and the interpreter.
+            # to 4096 at 256 tokens, hidden 32. Eager logits are then 0.25-4 MiB (fp32).
             "linear": (
                 (64, 32, 1024),
                 (256, 32, 1024),

@@ -426,9 +426,12 @@ def _scale_unless_one_op(grad: torch.Tensor, upstream: torch.Tensor) -> None:
         )
 
 
-@_scale_unless_one_op.register_fake
-def _(grad: torch.Tensor, upstream: torch.Tensor) -> None:
-    return None
+def writes_only(*args: object, **kwargs: object) -> None:
+    """The fake (meta) implementation of every custom op of the kernels: each writes into
+    tensors its caller allocated, so it creates no tensor and changes no shape."""
+
+
+_scale_unless_one_op.register_fake(writes_only)
 
 
 def scale_unless_one_(grad: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:

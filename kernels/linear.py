@@ -75,6 +75,7 @@ from lossbench.kernels._common import (
     check_kernel_device,
     check_no_gradient_wanted,
     multiprocessor_count,
+    writes_only,
 )
 from lossbench.kernels._common import expm1 as _expm1
 from lossbench.kernels._common import log1p as _log1p
@@ -636,6 +637,9 @@ class _LinearOptions:
     gradient_precision: str
 
 
+# torch.compile cannot trace the flag's getter: it reads the flag once, when it traces the call,
+# and keeps the result (a flag changed afterwards takes effect in eager calls only).
+@torch.compiler.assume_constant_result
 def _fp32_dot_precision() -> str:
     """How ``tl.dot`` multiplies fp32 operands: as torch's fp32 matmuls on CUDA do.
 
@@ -757,10 +761,13 @@ def _launch_backward(
     row_stats: torch.Tensor,
     upstream: torch.Tensor,
     options: _LinearOptions,
-    needs: tuple[bool, bool, bool],
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """d input (N, D), d linear_weight (V, D) and d linear_bias (V,), each where ``needs`` says,
-    in the dtype of what it differentiates; ``upstream`` (N,) per row, or (1,) for a reduced loss.
+    grad_x: torch.Tensor | None,
+    grad_w: torch.Tensor | None,
+    grad_b: torch.Tensor | None,
+) -> None:
+    """Write d input (N, D), d linear_weight (V, D) and d linear_bias (V,) into ``grad_x``,
+    ``grad_w`` and ``grad_b``, each where given (in the dtype of what it differentiates);
+    ``upstream`` (N,) per row, or (1,) for a reduced loss.
     """
     # I/O per slab of C classes: the matmul reads x and W_slab again (2 N D C flops to recompute
     # the logits, 2 N D C for each product), adds N x D to d input and C x D to d W with fp32
@@ -769,37 +776,38 @@ def _launch_backward(
     n_rows, n_features = x.shape
     n_classes = linear_weight.shape[0]
     device = x.device
-    needs_x, needs_w, needs_b = needs
     if n_rows == 0:
-        return tuple(
-            torch.zeros_like(tensor) if need else None
-            for tensor, need in zip((x, linear_weight, linear_bias), needs, strict=True)
-        )
-    grad_x = grad_w = grad_b = None
-    grad_x_sum = grad_w_sum = grad_b_sum = None
-    if needs_x:
-        grad_x_sum = torch.zeros((n_rows, n_features), dtype=torch.float32, device=device)
-    if needs_b:
-        grad_b_sum = torch.zeros(n_classes, dtype=torch.float32, device=device)
+        for grad in (grad_x, grad_w, grad_b):
+            if grad is not None:
+                grad.zero_()
+        return
+
+    def accumulator(grad: torch.Tensor | None) -> torch.Tensor | None:
+        """An fp32 sum to add into: ``grad`` itself when it is fp32."""
+        if grad is None:
+            return None
+        if grad.dtype == torch.float32:
+            return grad.zero_()
+        return torch.zeros(grad.shape, dtype=torch.float32, device=device)
+
+    grad_x_sum, grad_b_sum = accumulator(grad_x), accumulator(grad_b)
     slab = n_classes
-    weight_in_place = linear_weight.dtype == torch.float32
-    if needs_w:
-        if weight_in_place:
-            grad_w = torch.zeros((n_classes, n_features), dtype=torch.float32, device=device)
-        else:
-            grad_w = torch.empty((n_classes, n_features), dtype=linear_weight.dtype, device=device)
-            slab = weight_slab_classes(n_classes, n_features)
-            grad_w_sum = torch.empty((slab, n_features), dtype=torch.float32, device=device)
+    weight_in_place = grad_w is not None and grad_w.dtype == torch.float32
+    grad_w_sum = None
+    if weight_in_place:
+        grad_w.zero_()
+    elif grad_w is not None:
+        slab = weight_slab_classes(n_classes, n_features)
+        grad_w_sum = torch.empty((slab, n_features), dtype=torch.float32, device=device)
     tiles = _BACKWARD_TILES[x.element_size()]
     ce = options.loss
     for first_class in range(0, n_classes, slab):
         slab_classes = min(slab, n_classes - first_class)
         slab_grad_w = None
-        if needs_w:
-            if weight_in_place:
-                slab_grad_w = grad_w[first_class : first_class + slab_classes]
-            else:
-                slab_grad_w = grad_w_sum[:slab_classes].zero_()
+        if weight_in_place:
+            slab_grad_w = grad_w[first_class : first_class + slab_classes]
+        elif grad_w is not None:
+            slab_grad_w = grad_w_sum[:slab_classes].zero_()
         grid = (triton.cdiv(n_rows, tiles.block_n) * triton.cdiv(slab_classes, tiles.block_v),)
         _backward_kernel[grid](
             x,
@@ -828,9 +836,9 @@ def _launch_backward(
             LABEL_SMOOTHING=ce.label_smoothing > 0,
             SOFTCAP=options.softcap is not None,
             FILTER=options.filter_eps is not None,
-            COMPUTE_GRAD_X=needs_x,
-            COMPUTE_GRAD_W=needs_w,
-            COMPUTE_GRAD_B=needs_b,
+            COMPUTE_GRAD_X=grad_x is not None,
+            COMPUTE_GRAD_W=grad_w is not None,
+            COMPUTE_GRAD_B=grad_b is not None,
             DOT_PRECISION=options.dot_precision,
             BLOCK_N=tiles.block_n,
             BLOCK_V=tiles.block_v,
@@ -841,15 +849,164 @@ def _launch_backward(
             num_warps=tiles.num_warps,
             num_stages=tiles.num_stages,
         )
-        if needs_w and not weight_in_place:
+        if grad_w_sum is not None:
             grad_w[first_class : first_class + slab_classes].copy_(slab_grad_w)
-    if needs_x:
-        grad_x = grad_x_sum if x.dtype == torch.float32 else grad_x_sum.to(x.dtype)
-    if needs_b:
-        grad_b = (
-            grad_b_sum if linear_bias.dtype == torch.float32 else grad_b_sum.to(linear_bias.dtype)
+    for grad, total in ((grad_x, grad_x_sum), (grad_b, grad_b_sum)):
+        if grad is not None and grad is not total:
+            grad.copy_(total)
+
+
+# --- Custom ops: what torch.compile and CUDA graphs see ----------------------------------------
+# As in kernels/softmax.py: each launcher is a torch.library custom op that writes into tensors
+# its caller allocated and declares them mutated, so that torch.compile treats it as one opaque
+# node (its fake implementation does nothing) and traces the rest without a graph break. The
+# options travel as plain values (``_option_values``); the label check, which reads values, runs
+# inside the forward op in the interpreter only (on a GPU it would be a host sync).
+
+
+def _option_values(options: _LinearOptions) -> tuple:
+    """The options as the ops take them, in their order."""
+    ce = options.loss
+    return (
+        ce.ignore_index,
+        ce.reduction,
+        ce.label_smoothing,
+        ce.z_loss_scale,
+        options.softcap,
+        options.filter_eps,
+        options.dot_precision,
+        options.gradient_precision,
+    )
+
+
+def _options_from_values(
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss_scale: float,
+    softcap: float | None,
+    filter_eps: float | None,
+    dot_precision: str,
+    gradient_precision: str,
+    compute_grad: bool,
+) -> _LinearOptions:
+    return _LinearOptions(
+        loss=_LossOptions(
+            focal=False,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            compute_grad=compute_grad,
+            label_smoothing=label_smoothing,
+            z_loss_scale=z_loss_scale,
+        ),
+        softcap=softcap,
+        filter_eps=filter_eps,
+        dot_precision=dot_precision,
+        gradient_precision=gradient_precision,
+    )
+
+
+@torch.library.custom_op(
+    "lossbench::linear_cross_entropy_forward", mutates_args=("loss", "row_stats")
+)
+def _linear_forward_op(
+    x: torch.Tensor,
+    linear_weight: torch.Tensor,
+    linear_bias: torch.Tensor | None,
+    target: torch.Tensor,
+    class_weight: torch.Tensor | None,
+    inverse_denominators: torch.Tensor | None,
+    loss: torch.Tensor,
+    row_stats: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss_scale: float,
+    softcap: float | None,
+    filter_eps: float | None,
+    dot_precision: str,
+    gradient_precision: str,
+) -> None:
+    """The forward launches; see ``_launch_forward``."""
+    if INTERPRETED:
+        check_class_index_values(target, linear_weight.shape[0], ignore_index)
+    options = _options_from_values(
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss_scale,
+        softcap,
+        filter_eps,
+        dot_precision,
+        gradient_precision,
+        row_stats is not None,
+    )
+    if x.shape[0]:
+        _launch_forward(
+            x,
+            linear_weight,
+            linear_bias,
+            target,
+            class_weight,
+            options,
+            loss,
+            row_stats,
+            inverse_denominators,
         )
-    return grad_x, grad_w, grad_b
+
+
+@torch.library.custom_op(
+    "lossbench::linear_cross_entropy_backward", mutates_args=("grad_x", "grad_w", "grad_b")
+)
+def _linear_backward_op(
+    x: torch.Tensor,
+    linear_weight: torch.Tensor,
+    linear_bias: torch.Tensor | None,
+    target: torch.Tensor,
+    class_weight: torch.Tensor | None,
+    row_stats: torch.Tensor,
+    upstream: torch.Tensor,
+    grad_x: torch.Tensor | None,
+    grad_w: torch.Tensor | None,
+    grad_b: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss_scale: float,
+    softcap: float | None,
+    filter_eps: float | None,
+    dot_precision: str,
+    gradient_precision: str,
+) -> None:
+    """The backward launches; see ``_launch_backward``."""
+    options = _options_from_values(
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss_scale,
+        softcap,
+        filter_eps,
+        dot_precision,
+        gradient_precision,
+        True,
+    )
+    _launch_backward(
+        x,
+        linear_weight,
+        linear_bias,
+        target,
+        class_weight,
+        row_stats,
+        upstream,
+        options,
+        grad_x,
+        grad_w,
+        grad_b,
+    )
+
+
+_linear_forward_op.register_fake(writes_only)
+_linear_backward_op.register_fake(writes_only)
 
 
 # --- Autograd ---------------------------------------------------------------------------------
@@ -883,18 +1040,17 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
             inverse_denominators = _inverse_denominators(
                 rows_target, class_weight, ce, torch.float32
             )
-        if n_rows:
-            _launch_forward(
-                x,
-                linear_weight,
-                linear_bias,
-                rows_target,
-                class_weight,
-                options,
-                row_losses,
-                row_stats,
-                inverse_denominators,
-            )
+        _linear_forward_op(
+            x,
+            linear_weight,
+            linear_bias,
+            rows_target,
+            class_weight,
+            inverse_denominators,
+            row_losses,
+            row_stats,
+            *_option_values(options),
+        )
         ctx.options = options
         ctx.input_shape = input.shape
         if ce.compute_grad:
@@ -913,7 +1069,14 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         x, linear_weight, linear_bias, target, class_weight, row_stats = ctx.saved_tensors
-        grad_x, grad_w, grad_b = _launch_backward(
+        # Contiguous, whatever the layout of what they differentiate: the kernel writes rows.
+        grad_x, grad_w, grad_b = (
+            torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device) if needed else None
+            for tensor, needed in zip(
+                (x, linear_weight, linear_bias), ctx.needs_input_grad[:3], strict=True
+            )
+        )
+        _linear_backward_op(
             x,
             linear_weight,
             linear_bias,
@@ -921,8 +1084,10 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
             class_weight,
             row_stats,
             grad_output.reshape(-1),
-            ctx.options,
-            tuple(ctx.needs_input_grad[:3]),
+            grad_x,
+            grad_w,
+            grad_b,
+            *_option_values(ctx.options),
         )
         if grad_x is not None:
             grad_x = grad_x.view(ctx.input_shape)
@@ -1076,9 +1241,6 @@ def linear_cross_entropy(
             f"gradient_precision must be 'fp32' or 'input', got {gradient_precision!r}"
         )
     check_no_gradient_wanted("reference.linear_cross_entropy", weight=weight)
-    if INTERPRETED:
-        # Reading the labels is free on the CPU; on a GPU it would be a host sync.
-        check_class_index_values(target, linear_weight.shape[0], ignore_index)
     grad_enabled = torch.is_grad_enabled()
     options = _LinearOptions(
         loss=_LossOptions(

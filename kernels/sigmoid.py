@@ -101,6 +101,7 @@ from lossbench.kernels._common import (
     reciprocal,
     scalar_in_compute_dtype,
     to_compute_dtype,
+    writes_only,
 )
 from lossbench.reference import sigmoid as reference_sigmoid
 from lossbench.reference._checks import (
@@ -676,9 +677,7 @@ def _sigmoid_loss_op(
     )
 
 
-@_sigmoid_loss_op.register_fake
-def _(*args: object, **kwargs: object) -> None:
-    """It writes its outputs in place: no tensor created, no shape changed."""
+_sigmoid_loss_op.register_fake(writes_only)
 
 
 def _run_op(

@@ -103,6 +103,7 @@ from lossbench.kernels._common import (
     scalar_in_compute_dtype,
     scale_unless_one_,
     to_compute_dtype,
+    writes_only,
 )
 from lossbench.reference import softmax as reference_softmax
 from lossbench.reference._checks import (
@@ -1720,18 +1721,13 @@ def _softmax_probability_loss_backward(
     )
 
 
-def _writes_only(*args: object, **kwargs: object) -> None:
-    """The fake implementation of every op here: they write their outputs in place, so they
-    create no tensor and change no shape."""
-
-
 for _op in (
     _softmax_loss_forward,
     _softmax_loss_backward,
     _softmax_probability_loss_forward,
     _softmax_probability_loss_backward,
 ):
-    _op.register_fake(_writes_only)
+    _op.register_fake(writes_only)
 
 
 # --- Autograd ---------------------------------------------------------------------------------

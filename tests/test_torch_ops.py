@@ -21,6 +21,7 @@ import torch
 
 from lossbench import kernels
 from lossbench.kernels import _common
+from lossbench.kernels import linear as fused_linear
 from lossbench.kernels import sigmoid as fused_sigmoid
 from lossbench.kernels import softmax as fused_softmax
 from lossbench.kernels._common import KERNEL_DEVICE
@@ -181,7 +182,44 @@ def _sigmoid_op_cases() -> dict[str, tuple[Callable, tuple]]:
     }
 
 
-OP_CASES = {**_softmax_op_cases(), **_sigmoid_op_cases()}
+def _linear_op_cases() -> dict[str, tuple[Callable, tuple]]:
+    x = torch.randn(BATCH, FEATURES, device=DEVICE)
+    linear_weight = torch.randn(CLASSES, FEATURES, device=DEVICE)
+    bias = torch.randn(CLASSES, device=DEVICE)
+    target = torch.randint(0, CLASSES, (BATCH,), device=DEVICE)
+    target[0] = -100
+    weight = torch.rand(CLASSES, device=DEVICE)
+    inverse_denominators = torch.rand(2, device=DEVICE) + 0.1
+    row_stats = torch.empty(fused_linear._ROW_FIELDS, BATCH, device=DEVICE)
+    # ignore_index, reduction, smoothing, z-loss, softcap, filter_eps, dot and gradient precision
+    options = (-100, "mean", 0.1, 0.01, 30.0, None, "ieee", "fp32")
+    forward = (x, linear_weight, bias, target, weight, inverse_denominators)
+    upstream = torch.full((1,), 1.5, device=DEVICE)
+    return {
+        "linear_cross_entropy_forward": (
+            fused_linear._linear_forward_op,
+            (*forward, torch.empty(BATCH, device=DEVICE), row_stats, *options),
+        ),
+        "linear_cross_entropy_backward": (
+            fused_linear._linear_backward_op,
+            (
+                x,
+                linear_weight,
+                bias,
+                target,
+                weight,
+                torch.rand(fused_linear._ROW_FIELDS, BATCH, device=DEVICE),
+                upstream,
+                torch.empty_like(x),
+                torch.empty_like(linear_weight),
+                torch.empty_like(bias),
+                *options,
+            ),
+        ),
+    }
+
+
+OP_CASES = {**_softmax_op_cases(), **_sigmoid_op_cases(), **_linear_op_cases()}
 
 
 @pytest.mark.parametrize("case", list(OP_CASES))
@@ -278,6 +316,29 @@ def test_compiled_fullgraph_matches_eager_without_a_graph_break(case: str) -> No
     assert_close(actual, expected.double(), torch.float32, f"{case}: compiled loss")
     for index, (a, e) in enumerate(zip(actual_gradients, expected_gradients, strict=True)):
         assert_close(a, e.double(), torch.float32, f"{case}: compiled gradient {index}")
+
+
+def test_linear_cross_entropy_compiled_fullgraph_matches_eager_without_a_graph_break() -> None:
+    # The classifier's weight and bias go into the loss, never through an N x V product.
+    model = torch.nn.Linear(FEATURES, CLASSES).to(DEVICE)
+    features = torch.randn(BATCH, FEATURES, device=DEVICE)
+    target = _index_target()
+
+    def forward(model: torch.nn.Module, features: torch.Tensor, target: torch.Tensor):
+        loss = kernels.linear_cross_entropy(
+            features, model.weight, target, linear_bias=model.bias, label_smoothing=0.1
+        )
+        return 0.5 * loss
+
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(forward)(model, features, target)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(forward, fullgraph=True, backend="aot_eager")
+    expected, expected_gradients = _loss_and_gradients(forward, model, features, target)
+    actual, actual_gradients = _loss_and_gradients(compiled, model, features, target)
+    assert_close(actual, expected.double(), torch.float32, "compiled linear loss")
+    for index, (a, e) in enumerate(zip(actual_gradients, expected_gradients, strict=True)):
+        assert_close(a, e.double(), torch.float32, f"compiled linear gradient {index}")
 
 
 def test_inductor_end_to_end() -> None:
