@@ -1,5 +1,5 @@
-"""The kernels stay within issue 10's sm_90 budgets, checked without a GPU by the static analyser
-(lossbench.bench.static, ``lossbench static``).
+"""The kernels stay within their sm_90 budgets (lossbench.bench.static.analysis.budget), checked
+without a GPU by the static analyser (lossbench.bench.static, ``lossbench static``).
 
 tests/test_kernels_compile.py compiles every code path of every kernel for sm_90 and bounds its
 spills; this module goes further for the losses of logits: the SASS instructions each element
@@ -110,7 +110,7 @@ def test_every_path_runs_without_host_sync_or_loop_spills(records: dict) -> None
         assert report["host_syncs"] == [], f"{case.label} synchronises: {report['host_syncs']}"
         for facts in report["kernels"]:
             assert facts["loop_spills"] == 0, f"{case.label}: {facts['kernel']} spills in a loop"
-        # Issue 10's occupancy budget is the single-device kernels'; the vocabulary-parallel
+        # The occupancy budget is the single-device kernels'; the vocabulary-parallel
         # ones keep their own shapes (32 warps at 16384 classes: one program, half the SM).
         if ("vocab_parallel", True) not in case.options:
             programs = analyse(report)["programs_per_sm"]

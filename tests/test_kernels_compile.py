@@ -8,7 +8,7 @@ specialisation included) instead of run: what is compiled is exactly what would 
 dtypes and constexprs alike. ptxas's log gives the registers and spills of each.
 
 The cases cover each code path once, with the heaviest options where registers are tight (see
-``CASES``). tests/test_kernels_budgets.py holds the losses of logits to issue 10's budgets
+``CASES``). tests/test_kernels_budgets.py holds the losses of logits to their sm_90 budgets
 (instructions per element, occupancy, access widths, launches) through the static analyser.
 On a machine with a GPU the other tests compile and run every kernel, so this one skips there;
 it also skips when this Triton has no NVIDIA backend or ptxas.

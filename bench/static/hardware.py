@@ -55,7 +55,7 @@ class SpeedModel:
     issue_per_clock: int = 4
     # Bytes read plus written per second by a large device-to-device copy: about 90 % of the
     # H200's 4.8 TB/s peak, which is what such copies typically reach. This is also the rate that
-    # makes the issue's instruction budgets (31 SASS instructions per element for bf16
+    # makes the instruction budgets (analysis.budget: 31 SASS instructions per element for bf16
     # cross-entropy, 39 for BCE with uint8 targets) the break-even point.
     copy_bandwidth: float = 4.3e12
 
