@@ -407,3 +407,49 @@ def test_forward_and_backward_capture_in_a_cuda_graph(case: str) -> None:
         assert_close(
             static_logits.grad, eager_logits.grad.double(), torch.bfloat16, f"{case}: gradient"
         )
+
+
+@pytest.mark.gpu
+def test_linear_cross_entropy_captures_in_a_cuda_graph() -> None:
+    # The same recipe for the linear loss: hidden states, classifier and bias are the static
+    # inputs; their gradients come out of the replay.
+    def inputs() -> tuple[torch.Tensor, ...]:
+        hidden = torch.randn(256, 128, device=DEVICE, dtype=torch.bfloat16)
+        classifier = (torch.randn(1000, 128, device=DEVICE) / 128**0.5).to(torch.bfloat16)
+        bias = torch.randn(1000, device=DEVICE, dtype=torch.bfloat16)
+        return hidden, classifier, bias, torch.randint(0, 1000, (256,), device=DEVICE)
+
+    def loss_function(hidden, classifier, bias, target) -> torch.Tensor:
+        return kernels.linear_cross_entropy(hidden, classifier, target, linear_bias=bias)
+
+    *static, static_target = inputs()
+    for tensor in static:
+        tensor.requires_grad_()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            for tensor in static:
+                tensor.grad = None
+            loss_function(*static, static_target).backward()
+    torch.cuda.current_stream().wait_stream(side)
+    for tensor in static:
+        tensor.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = loss_function(*static, static_target)
+        static_loss.backward()
+    for _ in range(2):
+        *fresh, target = inputs()
+        with torch.no_grad():
+            for tensor, value in zip(static, fresh, strict=True):
+                tensor.copy_(value)
+            static_target.copy_(target)
+        graph.replay()
+        eager = [value.detach().clone().requires_grad_() for value in fresh]
+        expected = loss_function(*eager, target)
+        expected.backward()
+        torch.cuda.synchronize()
+        assert_close(static_loss, expected.double(), torch.bfloat16, "replayed linear loss")
+        for name, tensor, reference in zip(("input", "weight", "bias"), static, eager, strict=True):
+            assert_close(tensor.grad, reference.grad.double(), torch.bfloat16, f"replayed d {name}")
