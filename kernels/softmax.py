@@ -975,6 +975,51 @@ def _store_probability_gradients(
 
 
 @triton.jit
+def _probability_chunk(
+    logits_ptr,
+    logits_row,
+    stride_logits_c,
+    target_ptr,
+    target_row,
+    stride_target_c,
+    class_weight_ptr,
+    chunk,
+    row_mask,
+    n_classes,
+    label_smoothing,
+    HAS_WEIGHT: tl.constexpr,
+    LABEL_SMOOTHING: tl.constexpr,
+    FP64: tl.constexpr,
+):
+    """One (rows, chunk) tile of _softmax_probability_loss_kernel's rows: the logits x in the
+    compute dtype (-inf on masked lanes), v and w of ``_probability_weights``, and the masks and
+    class offsets the tile's stores reuse."""
+    class_mask = chunk < n_classes
+    mask = row_mask[:, None] & class_mask[None, :]
+    class_offsets = chunk[None, :].to(tl.int64)
+    x = tl.load(
+        logits_ptr + logits_row[:, None] + class_offsets * stride_logits_c,
+        mask=mask,
+        other=float("-inf"),
+    )
+    x = to_compute_dtype(x, FP64)
+    v, w = _probability_weights(
+        target_ptr,
+        target_row[:, None] + class_offsets * stride_target_c,
+        mask,
+        class_weight_ptr,
+        chunk,
+        class_mask,
+        n_classes,
+        label_smoothing,
+        HAS_WEIGHT,
+        LABEL_SMOOTHING,
+        FP64,
+    )
+    return x, v, w, class_mask, mask, class_offsets
+
+
+@triton.jit
 def _softmax_probability_loss_kernel(
     logits_ptr,  # (N, C, S) fp32/fp16/bf16/fp64, any strides: the logits
     target_ptr,  # (N, C, S) any float dtype, any strides: the class probabilities q
@@ -1049,22 +1094,16 @@ def _softmax_probability_loss_kernel(
     classes = tl.arange(0, BLOCK_C)
     if SINGLE_CHUNK:
         # The only read of these rows and their targets.
-        class_mask = classes < n_classes
-        mask = row_mask[:, None] & class_mask[None, :]
-        class_offsets = classes[None, :].to(tl.int64)
-        x = tl.load(
-            logits_ptr + logits_row[:, None] + class_offsets * stride_logits_c,
-            mask=mask,
-            other=float("-inf"),
-        )
-        x = to_compute_dtype(x, FP64)
-        v, w = _probability_weights(
+        x, v, w, class_mask, mask, class_offsets = _probability_chunk(
+            logits_ptr,
+            logits_row,
+            stride_logits_c,
             target_ptr,
-            target_row[:, None] + class_offsets * stride_target_c,
-            mask,
+            target_row,
+            stride_target_c,
             class_weight_ptr,
             classes,
-            class_mask,
+            row_mask,
             n_classes,
             label_smoothing,
             HAS_WEIGHT,
@@ -1090,22 +1129,16 @@ def _softmax_probability_loss_kernel(
         else:
             for start in range(0, n_classes, BLOCK_C):
                 chunk = start + classes
-                class_mask = chunk < n_classes
-                mask = row_mask[:, None] & class_mask[None, :]
-                class_offsets = chunk[None, :].to(tl.int64)
-                x = tl.load(
-                    logits_ptr + logits_row[:, None] + class_offsets * stride_logits_c,
-                    mask=mask,
-                    other=float("-inf"),
-                )
-                x = to_compute_dtype(x, FP64)
-                v, w = _probability_weights(
+                x, v, w, class_mask, mask, class_offsets = _probability_chunk(
+                    logits_ptr,
+                    logits_row,
+                    stride_logits_c,
                     target_ptr,
-                    target_row[:, None] + class_offsets * stride_target_c,
-                    mask,
+                    target_row,
+                    stride_target_c,
                     class_weight_ptr,
                     chunk,
-                    class_mask,
+                    row_mask,
                     n_classes,
                     label_smoothing,
                     HAS_WEIGHT,
@@ -1157,22 +1190,16 @@ def _softmax_probability_loss_kernel(
             for chunk_from_end in range(0, n_chunks):
                 # Last chunk first: the first pass read it last, so it is the likeliest in L2.
                 chunk = (n_chunks - 1 - chunk_from_end) * BLOCK_C + classes
-                class_mask = chunk < n_classes
-                mask = row_mask[:, None] & class_mask[None, :]
-                class_offsets = chunk[None, :].to(tl.int64)
-                x = tl.load(
-                    logits_ptr + logits_row[:, None] + class_offsets * stride_logits_c,
-                    mask=mask,
-                    other=float("-inf"),
-                )
-                x = to_compute_dtype(x, FP64)
-                v, w = _probability_weights(
+                x, v, w, class_mask, mask, class_offsets = _probability_chunk(
+                    logits_ptr,
+                    logits_row,
+                    stride_logits_c,
                     target_ptr,
-                    target_row[:, None] + class_offsets * stride_target_c,
-                    mask,
+                    target_row,
+                    stride_target_c,
                     class_weight_ptr,
                     chunk,
-                    class_mask,
+                    row_mask,
                     n_classes,
                     label_smoothing,
                     HAS_WEIGHT,
