@@ -85,6 +85,28 @@ _SHARD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
+def _shard_chunk(
+    logits_ptr,
+    logits_row,
+    stride_logits_c,
+    local_weight_ptr,
+    chunk,
+    row_mask,
+    n_classes,
+    WEIGHTED: tl.constexpr,
+):
+    """One (rows, chunk) tile of a shard's logits in fp32 (-inf on masked lanes), the chunk's
+    class weights (ones unless WEIGHTED) and its class mask."""
+    class_mask = chunk < n_classes
+    x = tl.load(
+        logits_ptr + logits_row[:, None] + chunk[None, :].to(tl.int64) * stride_logits_c,
+        mask=row_mask[:, None] & class_mask[None, :],
+        other=float("-inf"),
+    ).to(tl.float32)
+    return x, _class_weights(local_weight_ptr, chunk, class_mask, WEIGHTED, False), class_mask
+
+
+@triton.jit
 def _row_offsets(
     rows,
     n_spatial,
@@ -168,14 +190,15 @@ def _shard_statistics_kernel(
     classes = tl.arange(0, BLOCK_C)
     for start in range(0, n_classes, BLOCK_C):
         chunk = start + classes
-        class_mask = chunk < n_classes
-        x = tl.load(
-            logits_ptr + logits_row[:, None] + chunk[None, :].to(tl.int64) * stride_logits_c,
-            mask=row_mask[:, None] & class_mask[None, :],
-            other=float("-inf"),
-        ).to(tl.float32)
-        class_weight = _class_weights(
-            local_weight_ptr, chunk, class_mask, HAS_WEIGHT and LABEL_SMOOTHING, False
+        x, class_weight, class_mask = _shard_chunk(
+            logits_ptr,
+            logits_row,
+            stride_logits_c,
+            local_weight_ptr,
+            chunk,
+            row_mask,
+            n_classes,
+            HAS_WEIGHT and LABEL_SMOOTHING,
         )
         row_max, rest, smooth, weight_seen = _fold_chunk(
             x,
@@ -370,14 +393,15 @@ def _shard_loss_kernel(
         classes = tl.arange(0, BLOCK_C)
         for start in range(0, n_classes, BLOCK_C):
             chunk = start + classes
-            class_mask = chunk < n_classes
-            x = tl.load(
-                logits_ptr + logits_row[:, None] + chunk[None, :].to(tl.int64) * stride_logits_c,
-                mask=row_mask[:, None] & class_mask[None, :],
-                other=float("-inf"),
-            ).to(tl.float32)
-            class_weight = _class_weights(
-                local_weight_ptr, chunk, class_mask, HAS_WEIGHT and LABEL_SMOOTHING, False
+            x, class_weight, class_mask = _shard_chunk(
+                logits_ptr,
+                logits_row,
+                stride_logits_c,
+                local_weight_ptr,
+                chunk,
+                row_mask,
+                n_classes,
+                HAS_WEIGHT and LABEL_SMOOTHING,
             )
             _store_gradient(
                 grad_ptr,
